@@ -1,0 +1,25 @@
+"""Test-wide settings: no hub lookups, W&B offline, and paths to the shared real data."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Set before any test imports transformers/wandb: a hub lookup otherwise spends 20-50 s failing.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+# The real GSM8K / iCoT files live beside the checkout (never committed here).
+SHARED_DATA = Path(os.environ.get("RL_LATENT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
