@@ -1,0 +1,264 @@
+"""Run a Hugging Face causal LM one decoder block at a time.
+
+System-1.5 shortcuts need to act *between* decoder blocks (a router reads h_{l-1}, an adapter may replace the
+block's output), which HF's fused ``model.forward`` does not allow. This module re-creates the forward pass
+as a loop over the model's own blocks, reusing the model's own pieces (embeddings, rotary embedding module,
+``masking_utils.create_causal_mask``, the decoder layers, the final norm and ``lm_head``), so the result
+matches ``lm(...)`` to float rounding, KV cache and left padding included.
+
+Architecture-specific glue is a small per-family adapter (:class:`DecoderAdapter`), looked up by
+``config.model_type``. Add a family with :func:`register_adapter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+LayerHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``layer_hook(layer_idx, hidden_in, hidden_out) -> hidden_out``: may replace a block's output."""
+
+
+@dataclass
+class LayerwiseOutput:
+    """What :func:`layerwise_forward` returns.
+
+    ``hidden_states`` has ``num_layers + 1`` entries like HF's ``output_hidden_states``: the input of block 0,
+    then each block's output (after ``layer_hook``), the last one with the final norm applied.
+    """
+
+    logits: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...]
+    past_key_values: Cache | None
+
+
+@dataclass
+class LayerContext:
+    """Per-call state shared by every block: masks (one per layer), positions, rotary embeddings, cache."""
+
+    masks: list[Any]
+    position_ids: torch.Tensor
+    past_key_values: Cache | None
+    use_cache: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DecoderAdapter:
+    """The few architecture-specific pieces of a decoder-only LM; subclasses fill them in.
+
+    The adapter keeps only a reference to the LM and looks modules up on every call, so it stays valid after
+    ``resize_token_embeddings`` swaps the embedding modules.
+    """
+
+    def __init__(self, lm: PreTrainedModel) -> None:
+        self.lm = lm
+
+    @property
+    def base(self) -> nn.Module:
+        """The decoder stack without the LM head (``lm.model`` / ``lm.transformer``)."""
+        return self.lm.base_model
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (what HF calls ``inputs_embeds``), before any position embedding."""
+        return self.lm.get_input_embeddings()(input_ids)
+
+    def begin(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        past_key_values: Cache | None,
+        use_cache: bool,
+    ) -> tuple[torch.Tensor, LayerContext]:
+        """Return the input of block 0 and the context every block needs."""
+        raise NotImplementedError
+
+    def run_layer(self, idx: int, hidden: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+        """Apply decoder block ``idx`` (it appends its keys/values to ``ctx.past_key_values``)."""
+        raise NotImplementedError
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_output_embeddings()(hidden)
+
+    def _causal_masks(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        past_key_values: Cache | None,
+    ) -> list[Any]:
+        """One mask per layer, built by transformers' own mask functions (full or sliding, per layer type)."""
+        config = self.lm.config
+        layer_types = getattr(config, "layer_types", None)
+        if layer_types is None:
+            kind = (
+                "sliding_attention"
+                if getattr(config, "sliding_window", None) is not None
+                else "full_attention"
+            )
+            layer_types = [kind] * config.num_hidden_layers
+        kwargs = dict(
+            config=config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        built: dict[str, Any] = {}
+        for kind in set(layer_types):
+            if kind == "full_attention":
+                built[kind] = create_causal_mask(**kwargs)
+            elif kind == "sliding_attention":
+                built[kind] = create_sliding_window_causal_mask(**kwargs)
+            else:
+                raise NotImplementedError(
+                    f"layer type {kind!r} of model_type {config.model_type!r} "
+                    "is not supported by layerwise_forward"
+                )
+        return [built[kind] for kind in layer_types]
+
+
+class LlamaLikeAdapter(DecoderAdapter):
+    """Llama, Qwen2/3, Mistral, SmolLM: ``embed_tokens``, ``layers``, ``rotary_emb``, ``norm``."""
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.base.layers
+
+    def begin(self, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache):
+        masks = self._causal_masks(inputs_embeds, attention_mask, position_ids, past_key_values)
+        rotary = self.base.rotary_emb(inputs_embeds, position_ids)
+        ctx = LayerContext(masks, position_ids, past_key_values, use_cache, {"position_embeddings": rotary})
+        return inputs_embeds, ctx
+
+    def run_layer(self, idx, hidden, ctx):
+        return self.layers[idx](
+            hidden,
+            attention_mask=ctx.masks[idx],
+            position_embeddings=ctx.extra["position_embeddings"],
+            position_ids=ctx.position_ids,
+            past_key_values=ctx.past_key_values,
+            use_cache=ctx.use_cache,
+        )
+
+    def final_norm(self, hidden):
+        return self.base.norm(hidden)
+
+
+class GPT2Adapter(DecoderAdapter):
+    """GPT-2: learned position embeddings ``wpe`` added to token embeddings, blocks ``h``, norm ``ln_f``."""
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.base.h
+
+    def begin(self, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache):
+        if self.lm.config.add_cross_attention:
+            raise NotImplementedError("layerwise_forward does not support GPT-2 with cross-attention")
+        base = self.base
+        hidden = base.drop(inputs_embeds + base.wpe(position_ids).to(inputs_embeds.device))
+        masks = self._causal_masks(inputs_embeds, attention_mask, position_ids, past_key_values)
+        return hidden, LayerContext(masks, position_ids, past_key_values, use_cache)
+
+    def run_layer(self, idx, hidden, ctx):
+        base = self.base
+        cache = None if (base.gradient_checkpointing and base.training) else ctx.past_key_values
+        return self.layers[idx](
+            hidden,
+            past_key_values=cache,
+            attention_mask=ctx.masks[idx],
+            use_cache=ctx.use_cache,
+            position_ids=ctx.position_ids,
+        )
+
+    def final_norm(self, hidden):
+        return self.base.ln_f(hidden)
+
+
+_ADAPTERS: dict[str, type[DecoderAdapter]] = {
+    "gpt2": GPT2Adapter,
+    "llama": LlamaLikeAdapter,
+    "mistral": LlamaLikeAdapter,
+    "qwen2": LlamaLikeAdapter,
+    "qwen3": LlamaLikeAdapter,
+}
+
+
+def register_adapter(model_type: str, adapter_cls: type[DecoderAdapter]) -> None:
+    """Teach :func:`get_adapter` a new ``config.model_type`` (e.g. a Llama-like family not listed here)."""
+    _ADAPTERS[model_type] = adapter_cls
+
+
+def get_adapter(lm: PreTrainedModel) -> DecoderAdapter:
+    """The adapter for ``lm``'s family; families are listed explicitly because a structural guess would
+    silently miss per-family details (e.g. Gemma's embedding scaling)."""
+    model_type = lm.config.model_type
+    if model_type not in _ADAPTERS:
+        raise NotImplementedError(
+            f"layerwise_forward has no adapter for model_type {model_type!r} "
+            f"(supported: {sorted(_ADAPTERS)}); add one with rl_latent.model.layerwise.register_adapter"
+        )
+    return _ADAPTERS[model_type](lm)
+
+
+def default_position_ids(
+    seq_len: int, past_key_values: Cache | None, device: torch.device | str
+) -> torch.Tensor:
+    """HF's default when no positions are given: ``arange(seq_len) + past_length``, shape (1, seq_len)."""
+    past = past_key_values.get_seq_length() if past_key_values is not None else 0
+    return (torch.arange(seq_len, device=device) + past).unsqueeze(0)
+
+
+def layerwise_forward(
+    lm: PreTrainedModel,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    past_key_values: Cache | None = None,
+    use_cache: bool = False,
+    layer_hook: LayerHook | None = None,
+    adapter: DecoderAdapter | None = None,
+) -> LayerwiseOutput:
+    """``lm(...)`` computed block by block, with an optional hook after each block.
+
+    Semantics follow HF: ``attention_mask`` is 2D over past + current tokens; ``position_ids`` default to
+    ``arange + past length`` (pass them explicitly for left-padded batches); a ``DynamicCache`` is created
+    when ``use_cache`` and none is given. ``layer_hook(i, hidden_in, hidden_out)`` may return a replacement
+    for block ``i``'s output; the keys/values block ``i`` cached come from ``hidden_in`` and are kept.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("layerwise_forward needs exactly one of input_ids or inputs_embeds")
+    adapter = adapter or get_adapter(lm)
+    if inputs_embeds is None:
+        inputs_embeds = adapter.embed(input_ids)
+    if use_cache and past_key_values is None:
+        past_key_values = DynamicCache(config=lm.config)
+    if position_ids is None:
+        position_ids = default_position_ids(inputs_embeds.shape[1], past_key_values, inputs_embeds.device)
+
+    hidden, ctx = adapter.begin(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache)
+    states = [hidden]
+    for idx in range(len(adapter.layers)):
+        out = adapter.run_layer(idx, hidden, ctx)
+        if layer_hook is not None:
+            out = layer_hook(idx, hidden, out)
+        hidden = out
+        states.append(hidden)
+    states[-1] = adapter.final_norm(hidden)
+    logits = adapter.lm_head(states[-1])
+    return LayerwiseOutput(logits=logits, hidden_states=tuple(states), past_key_values=past_key_values)
