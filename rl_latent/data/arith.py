@@ -30,7 +30,6 @@ TEMPLATE_WORDS: tuple[str, ...] = ("what", "is", "so", *OP_WORDS.values())
 """Every word (besides variables, numbers, punctuation) in questions and CoTs; the tokenizer needs them."""
 
 _LETTERS = string.ascii_lowercase
-_CONST_PROB = 0.3  # chance that a right operand is a small constant rather than a variable
 _MAX_CONST = 9
 
 
@@ -46,6 +45,10 @@ class ArithSpec:
         stays in range, so no trivial `x*1` steps).
     distractors: extra derived facts in the question that the answer does not need.
     base_vars: number of given facts `a = 5`.
+    reuse_derived: whether a right operand may be an earlier derived variable (then a step reads a value the
+        CoT computed two or more steps back: a harder lookup); otherwise it is a given fact or a constant.
+    const_prob: chance that a right operand is a small constant rather than a variable (constants are read
+        straight from the statement; variables need a lookup of their value).
     nl_cot: write each step as a sentence (`c is a plus q , so c = 5 + 8 = 13 .`, like GSM8k-Aug-NL)
         instead of the equation `<<5+8=13>>`.
     """
@@ -56,6 +59,8 @@ class ArithSpec:
     ops: tuple[str, ...] = ("+", "-")
     distractors: int = 0
     base_vars: int = 2
+    reuse_derived: bool = True
+    const_prob: float = 0.3
     nl_cot: bool = False
 
     def __post_init__(self) -> None:
@@ -113,15 +118,15 @@ def _pick_step(
 ) -> tuple[str, int, str, int]:
     """Right operand (a variable name or a constant, as text), its value, op, and an in-range result.
 
-    Rejection sampling first (op uniform; a constant in [1, 9] with probability 0.3, else an earlier
-    variable); after 8 misses, an exhaustive draw: op uniform among the ops with any valid operand, then
-    uniform among that op's valid operands (variables preferred with probability 0.7).
+    Rejection sampling first (op uniform; a constant in [1, 9] with probability `spec.const_prob`, else an
+    earlier variable); after 8 misses, an exhaustive draw: op uniform among the ops with any valid operand,
+    then uniform among that op's valid operands (variables preferred with probability 1 - const_prob).
     """
     x, top = values[left], spec.max_value
     n_const = min(_MAX_CONST, top - 1)
     for _ in range(8):
         op = _pick(rng, spec.ops)
-        if candidates and rng.random() >= _CONST_PROB:
+        if candidates and rng.random() >= spec.const_prob:
             text = _pick(rng, candidates)
             y = values[text]
         else:
@@ -136,7 +141,7 @@ def _pick_step(
         op = ops.pop(int(rng.random() * len(ops)))
         ok_vars = [(t, y) for t, y in variables if _valid(op, x, y, top)]
         ok_consts = [(t, y) for t, y in consts if _valid(op, x, y, top)]
-        pool = ok_vars if ok_vars and (not ok_consts or rng.random() >= _CONST_PROB) else ok_consts
+        pool = ok_vars if ok_vars and (not ok_consts or rng.random() >= spec.const_prob) else ok_consts
         if pool:
             text, y = _pick(rng, pool)
             return text, y, op, _OPS[op](x, y)
@@ -162,7 +167,7 @@ def _draw_once(rng: random.Random, spec: ArithSpec) -> dict[str, Any]:
     step_of = {}  # derived variable -> its step index
     left = _pick(rng, base)
     for i, var in enumerate(derived):
-        earlier = [v for v in values if v != left]
+        earlier = [v for v in (values if spec.reuse_derived else base) if v != left]
         right, b, op, result = _pick_step(rng, spec, values, left, earlier)
         a = values[left]
         values[var] = result

@@ -1,0 +1,151 @@
+"""Evaluate a model on a data set: greedy accuracy, sampled pass@k, and per-sample compute.
+
+Generation uses the model's own `generate` (KV cache, left padding); answers are parsed GSM8K-style and
+compared numerically. Compute is counted per sample from what was actually generated.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from rl_latent.compute import generation_compute, summarize
+from rl_latent.data.format import prompt_text
+from rl_latent.metrics import answers_match, extract_answer, mean_pass_at_k
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield range(start, min(n, start + size))
+
+
+@torch.no_grad()
+def generate_answers(
+    model: Any,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> tuple[list[list[str]], list[list[int]], int, float]:
+    """Generate `num_samples` continuations per prompt (greedy when num_samples == 1).
+
+    Returns (texts[prompt][sample], generated positions[prompt][sample], padded prompt length, wall seconds).
+    A position counts every generated token up to and including the end-of-sequence token.
+    """
+    tok = model.tokenizer
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    device = next(model.parameters()).device
+    enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+    greedy = num_samples == 1
+    t0 = time.perf_counter()
+    out = model.lm.generate(
+        **enc,
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        temperature=None if greedy else temperature,
+        top_p=None if greedy else top_p,
+        top_k=None if greedy else 0,
+        num_return_sequences=num_samples,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    wall = time.perf_counter() - t0
+    prompt_len = enc["input_ids"].shape[1]
+    gen = out[:, prompt_len:].cpu()
+    texts, positions = [], []
+    for i in range(len(prompts)):
+        row_t, row_p = [], []
+        for j in range(num_samples):
+            ids = gen[i * num_samples + j].tolist()
+            n = len(ids)
+            if tok.eos_token_id in ids:
+                n = ids.index(tok.eos_token_id) + 1
+            row_t.append(tok.decode(ids[:n], skip_special_tokens=True))
+            row_p.append(n)
+        texts.append(row_t)
+        positions.append(row_p)
+    return texts, positions, prompt_len, wall
+
+
+def evaluate(
+    model: Any,
+    dataset: Dataset,
+    *,
+    n_samples: int = 1,
+    ks: list[int] | tuple[int, ...] = (1,),
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 96,
+    batch_size: int = 256,
+    max_problems: int | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+) -> EvalResult:
+    """Greedy accuracy and compute on every problem; with n_samples > 1, also the unbiased pass@k."""
+    model.eval()
+    n = len(dataset) if max_problems is None else min(len(dataset), max_problems)
+    rows = [dataset[i] for i in range(n)]
+    lm_cfg = dict(
+        n_layer=model.num_layers,
+        n_params_non_embedding=model.n_params(non_embedding=True),
+        d_model=model.hidden_size,
+    )
+    records: list[dict[str, Any]] = []
+    computes = []
+    correct_counts: list[int] = []
+    bar = tqdm(total=n, desc=desc, disable=not progress, leave=False)
+    for idx in _batches(n, batch_size):
+        batch = [rows[i] for i in idx]
+        prompts = [prompt_text(r) for r in batch]
+        texts, pos, plen, wall = generate_answers(model, prompts, max_new_tokens=max_new_tokens)
+        for r, t, p in zip(batch, texts, pos):
+            pred = extract_answer(t[0])
+            ok = answers_match(pred, r["answer"])
+            c = generation_compute(plen, p[0], wall_s=wall / len(batch), **lm_cfg)
+            computes.append(c)
+            records.append(
+                dict(
+                    question=r["question"],
+                    target=r["answer"],
+                    output=t[0],
+                    pred=pred,
+                    correct=ok,
+                    positions=p[0],
+                    layer_evals=c.layer_evals,
+                    flops=c.flops,
+                )
+            )
+        if n_samples > 1:
+            texts, _, _, _ = generate_answers(
+                model,
+                prompts,
+                max_new_tokens=max_new_tokens,
+                num_samples=n_samples,
+                temperature=temperature,
+                top_p=top_p,
+            )
+            for rec, r, ts in zip(records[-len(batch) :], batch, texts):
+                c = sum(answers_match(extract_answer(t), r["answer"]) for t in ts)
+                rec["samples_correct"] = c
+                correct_counts.append(c)
+        bar.update(len(batch))
+    bar.close()
+    metrics: dict[str, float] = {"accuracy": sum(r["correct"] for r in records) / max(1, n), "n": float(n)}
+    metrics.update(summarize(computes))
+    if n_samples > 1:
+        metrics.update(mean_pass_at_k([n_samples] * n, correct_counts, list(ks)))
+    return EvalResult(metrics=metrics, records=records)
