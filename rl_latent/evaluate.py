@@ -39,10 +39,10 @@ def generate_answers(
     num_samples: int = 1,
     temperature: float = 1.0,
     top_p: float = 1.0,
-) -> tuple[list[list[str]], list[list[int]], int, float]:
+) -> tuple[list[list[str]], list[list[int]], list[int], float]:
     """Generate `num_samples` continuations per prompt (greedy when num_samples == 1).
 
-    Returns (texts[prompt][sample], generated positions[prompt][sample], padded prompt length, wall seconds).
+    Returns (texts[prompt][sample], generated positions[prompt][sample], prompt lengths, wall seconds).
     A position counts every generated token up to and including the end-of-sequence token.
     """
     tok = model.tokenizer
@@ -65,6 +65,7 @@ def generate_answers(
     )
     wall = time.perf_counter() - t0
     prompt_len = enc["input_ids"].shape[1]
+    prompt_lens = enc["attention_mask"].sum(dim=1).tolist()  # without the left padding
     gen = out[:, prompt_len:].cpu()
     texts, positions = [], []
     for i in range(len(prompts)):
@@ -78,7 +79,7 @@ def generate_answers(
             row_p.append(n)
         texts.append(row_t)
         positions.append(row_p)
-    return texts, positions, prompt_len, wall
+    return texts, positions, prompt_lens, wall
 
 
 def evaluate(
@@ -111,8 +112,8 @@ def evaluate(
     for idx in _batches(n, batch_size):
         batch = [rows[i] for i in idx]
         prompts = [prompt_text(r) for r in batch]
-        texts, pos, plen, wall = generate_answers(model, prompts, max_new_tokens=max_new_tokens)
-        for r, t, p in zip(batch, texts, pos):
+        texts, pos, plens, wall = generate_answers(model, prompts, max_new_tokens=max_new_tokens)
+        for r, t, p, plen in zip(batch, texts, pos, plens):
             pred = extract_answer(t[0])
             ok = answers_match(pred, r["answer"])
             c = generation_compute(plen, p[0], wall_s=wall / len(batch), **lm_cfg)

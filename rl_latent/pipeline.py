@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_latent.config import STAGES, Config, stage_config
+from rl_latent.tracking import plot_bars
 
 RECIPES = {"sft": "trainers.sft"}
 
@@ -36,6 +37,7 @@ def run_pipeline(cfg: Config, progress: bool = True) -> dict[str, dict[str, Any]
         results[stage] = run_recipe(scfg, progress=progress)
     out = Path(cfg.train.output_dir) / "pipeline_summary.json"
     out.write_text(json.dumps(results, indent=2))
+    plot_bars(results, ["accuracy"], out.with_suffix(".png"), title="accuracy by stage (test split)")
     print(format_summary(results, time.perf_counter() - t0, out))
     return results
 
