@@ -80,13 +80,16 @@ class ArithSpec:
 
 
 DIFFICULTIES: dict[str, ArithSpec] = {
-    "1": ArithSpec(num_steps=3, min_steps=2, max_value=20),
-    "2": ArithSpec(num_steps=4, min_steps=3, max_value=20),
-    "3": ArithSpec(num_steps=4, max_value=30, distractors=1),
-    "4": ArithSpec(num_steps=6, min_steps=5, max_value=50, ops=("+", "-", "*"), distractors=2, base_vars=3),
+    # 1-2: one given fact and constant operands: the chain itself is the difficulty (2 is the quickstart).
+    "1": ArithSpec(num_steps=3, min_steps=2, max_value=10, base_vars=1, const_prob=1.0, reuse_derived=False),
+    "2": ArithSpec(num_steps=4, min_steps=2, max_value=10, base_vars=1, const_prob=1.0, reuse_derived=False),
+    # 3: variable binding (which given fact a step reads) over a wider range.
+    "3": ArithSpec(num_steps=4, min_steps=2, max_value=20, const_prob=0.5, reuse_derived=False),
+    # 4-5: steps read values computed earlier in the chain, distractors, multiplication.
+    "4": ArithSpec(num_steps=6, min_steps=4, max_value=50, ops=("+", "-", "*"), distractors=2, base_vars=3),
     "5": ArithSpec(num_steps=8, max_value=100, ops=("+", "-", "*"), distractors=3, base_vars=3),
 }
-"""Named difficulty levels, easiest first (the lead tunes them here)."""
+"""Named difficulty levels, easiest first. Level "2" is the quickstart default (see docs/decisions.md)."""
 
 
 def get_difficulty(name: str) -> ArithSpec:

@@ -4,42 +4,13 @@ import json
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
 import trainers.checkpoint as ckpt_mod
 from trainers.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from trainers.engine import build_engine, gathered_state_dict, unwrap
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train ~5x faster on one thread than on 2 contended ones (OpenMP spin-waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 ENGINE_ARGS = dict(lr=1e-2, total_steps=6, micro_batch_size=4, grad_accum=2, warmup_steps=2, weight_decay=0.1)
-
-
-def tiny_gpt2(seed: int = 0, dropout: float = 0.0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    drop = dict(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
-    cfg = GPT2Config(
-        n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16, bos_token_id=0, eos_token_id=0, **drop
-    )
-    return GPT2LMHeadModel(cfg)
-
-
-def train_steps(engine, batches: list[torch.Tensor]) -> list[float]:
-    losses = []
-    for batch in batches:
-        loss = engine(input_ids=batch, labels=batch).loss
-        engine.backward(loss)
-        engine.step()
-        losses.append(loss.item())
-    return losses
 
 
 def make_batches(n: int) -> list[torch.Tensor]:
@@ -52,7 +23,7 @@ def weights(engine) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("zero_stage", [0, 2])
-def test_resume_reproduces_uninterrupted_training_exactly(tmp_path, zero_stage):
+def test_resume_reproduces_uninterrupted_training_exactly(tmp_path, zero_stage, tiny_gpt2, train_steps):
     """Dropout is on, so matching losses also need the RNG states restored, not just weights and Adam."""
     batches = make_batches(12)  # 6 optimizer steps at grad_accum=2
     model = tiny_gpt2(seed=0, dropout=0.1)
@@ -82,7 +53,7 @@ def test_resume_reproduces_uninterrupted_training_exactly(tmp_path, zero_stage):
     assert all(torch.equal(exported[k], v) for k, v in at_save.items())
 
 
-def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
+def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch, tiny_gpt2, train_steps):
     model = tiny_gpt2()
     engine = build_engine(model, lr=1e-2, total_steps=4, micro_batch_size=4)
     batches = make_batches(3)
@@ -120,7 +91,7 @@ def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert load_checkpoint(engine, second)["data_position"] == 2
 
 
-def test_keep_prunes_oldest(tmp_path):
+def test_keep_prunes_oldest(tmp_path, tiny_gpt2):
     model = tiny_gpt2()
     engine = build_engine(model, lr=1e-2, total_steps=4, micro_batch_size=4)
     for step in range(1, 5):
@@ -129,7 +100,7 @@ def test_keep_prunes_oldest(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step-000004"
 
 
-def test_missing_and_incomplete_checkpoints(tmp_path):
+def test_missing_and_incomplete_checkpoints(tmp_path, tiny_gpt2):
     assert latest_checkpoint(tmp_path) is None
     engine = build_engine(tiny_gpt2(), lr=1e-2, total_steps=1, micro_batch_size=4)
     with pytest.raises(FileNotFoundError, match="trainer_state.json is missing"):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from trainers.engine import (
     build_engine,
@@ -23,34 +22,6 @@ from trainers.engine import (
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("two_rank_worker.py")
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train ~5x faster on one thread than on 2 contended ones (OpenMP spin-waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_gpt2(seed: int = 0, dropout: float = 0.0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    drop = dict(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
-    cfg = GPT2Config(
-        n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16, bos_token_id=0, eos_token_id=0, **drop
-    )
-    return GPT2LMHeadModel(cfg)
-
-
-def train_steps(engine, batches: list[torch.Tensor]) -> list[float]:
-    losses = []
-    for batch in batches:
-        loss = engine(input_ids=batch, labels=batch).loss
-        engine.backward(loss)
-        engine.step()
-        losses.append(loss.item())
-    return losses
 
 
 def test_lr_multiplier_warmup_then_cosine_or_constant():
@@ -90,7 +61,7 @@ def test_config_turns_per_step_instrumentation_off():
     assert cfg["flops_profiler"]["enabled"] is False and cfg["comms_logger"]["enabled"] is False
 
 
-def test_build_engine_trains_only_trainable_params_and_follows_the_schedule():
+def test_build_engine_trains_only_trainable_params_and_follows_the_schedule(tiny_gpt2, train_steps):
     model = tiny_gpt2()
     for p in model.transformer.h[0].parameters():
         p.requires_grad_(False)
@@ -117,7 +88,7 @@ def test_build_engine_trains_only_trainable_params_and_follows_the_schedule():
     assert not unchanged, f"trainable parameters that did not move: {unchanged}"
 
 
-def test_build_engine_rejects_bad_arguments():
+def test_build_engine_rejects_bad_arguments(tiny_gpt2):
     with pytest.raises(ValueError, match="schedule"):
         build_engine(tiny_gpt2(), lr=1e-3, total_steps=1, micro_batch_size=1, schedule="linear")
     if not torch.cuda.is_available():
@@ -129,7 +100,7 @@ def test_build_engine_rejects_bad_arguments():
 
 
 @pytest.mark.parametrize("zero_stage", [0, 2])
-def test_gathered_state_dict_is_full_fp32_with_tied_weights(zero_stage):
+def test_gathered_state_dict_is_full_fp32_with_tied_weights(zero_stage, tiny_gpt2, train_steps):
     model = tiny_gpt2()
     engine = build_engine(model, lr=1e-2, total_steps=2, micro_batch_size=4, zero_stage=zero_stage)
     train_steps(engine, [torch.randint(0, 64, (4, 12))])
