@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def main() -> None:
     if args.difficulty is not None:
         overrides.append(f"data.difficulty={args.difficulty}")
     cfg = load_config(args.config, overrides)
+    shutil.rmtree(args.out, ignore_errors=True)  # the bench owns its output dir: every run starts fresh
 
     results: dict[str, dict] = {}
     for stage in ("cot_sft", "no_cot"):

@@ -35,6 +35,12 @@ class SFTRecipe:
         self.rank, self.world = init_distributed()
         seed_everything(cfg.train.seed)
         self.dir = run_dir(cfg)
+        ckpt = latest_checkpoint(self.dir)  # checked before anything is written: a refused run loses nothing
+        if ckpt is not None and not cfg.train.resume:
+            raise FileExistsError(
+                f"{self.dir} already holds a run (checkpoint {ckpt.name}); pass train.resume=true to "
+                "continue it or choose a new train.output_dir"
+            )
         dump(cfg, self.dir / "config.yaml")
         self.splits = load_splits(cfg.data)
         self.data_name = dataset_name(cfg.data)
@@ -66,7 +72,6 @@ class SFTRecipe:
             config=to_dict(cfg),
         )
         self.step, self.train_seconds, self._saved_step = 0, 0.0, -1
-        ckpt = latest_checkpoint(self.dir) if cfg.train.resume else None
         if ckpt is not None:
             state = load_checkpoint(self.engine, ckpt)
             self.step, self.train_seconds = state["step"], state["train_seconds"]

@@ -165,3 +165,20 @@ def test_nocot_eval_cli_and_pipeline(tmp_path, capsys, shared_data):
         ]
     )
     assert json.loads((ev2 / "results.json").read_text())["n"] == 4
+
+
+def test_a_second_run_into_a_used_dir_without_resume_is_refused(tmp_path):
+    cfg = load_config(
+        REPO / "configs/quickstart.yaml",
+        [
+            *TINY,
+            "train.max_steps=1",
+            "train.eval_every=0",
+            "tracking.wandb=none",
+            f"train.output_dir={tmp_path}",
+        ],
+    )
+    sft.run(cfg, progress=False)
+    cfg.train.resume = False
+    with pytest.raises(FileExistsError, match="train.resume=true"):
+        sft.run(cfg, progress=False)
