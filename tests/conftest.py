@@ -21,5 +21,7 @@ SHARED_DATA = Path(os.environ.get("RL_LATENT_SHARED_DATA", REPO.parent / "shared
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
+        if os.environ.get("CI"):  # CI always has shared/ beside the clone: a missing one is a failure
+            pytest.fail(f"shared data not found at {SHARED_DATA}")
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
