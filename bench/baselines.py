@@ -50,7 +50,8 @@ def main() -> None:
     if args.difficulty is not None:
         overrides.append(f"data.difficulty={args.difficulty}")
     cfg = load_config(args.config, overrides)
-    shutil.rmtree(args.out, ignore_errors=True)  # the bench owns its output dir: every run starts fresh
+    for stage in ("cot_sft", "no_cot"):  # every bench run starts fresh; only its own stage dirs are removed
+        shutil.rmtree(Path(args.out) / stage, ignore_errors=True)
 
     results: dict[str, dict] = {}
     for stage in ("cot_sft", "no_cot"):

@@ -19,7 +19,7 @@ def test_baselines_prints_one_json_object(tmp_path, shared_data):
         "--difficulty",
         "1",
         "--out",
-        str(tmp_path),
+        str(tmp_path / "bench"),
         "--data",
         str(shared_data / "icot/gsm8k/valid.txt"),
         "data.n_train=64",
@@ -35,6 +35,7 @@ def test_baselines_prints_one_json_object(tmp_path, shared_data):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout)
+    assert (tmp_path / "bench" / "cot_sft" / "model" / "config.json").is_file()
     for method in ("cot_sft", "no_cot"):
         assert {"accuracy", "positions", "train_seconds"} <= set(res[method])
         assert 0.0 <= res[method]["accuracy"] <= 1.0
