@@ -68,6 +68,4 @@ def task_tokenizer(cfg: DataConfig, max_number: int, splits: DatasetDict | None 
         return build_tokenizer(max_number=max_number)
     if splits is None:
         splits = load_splits(cfg)
-    from datasets import concatenate_datasets
-
-    return task_tokenizer_for(concatenate_datasets([splits[s] for s in splits]))
+    return task_tokenizer_for(splits, max_number=max_number)
