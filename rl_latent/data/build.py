@@ -34,8 +34,9 @@ def load_splits(cfg: DataConfig) -> DatasetDict:
         splits = DatasetDict(
             train=full.select(range(n_hold, min(len(full), n_hold + cfg.n_train))),
             validation=full.select(range(cfg.n_valid)),
-            test=full.select(range(cfg.n_valid, n_hold)) if not cfg.test_path else full.select([]),
         )
+        if not cfg.test_path:
+            splits["test"] = full.select(range(cfg.n_valid, n_hold))
     else:
         raise ConfigError(f"unknown data.task {cfg.task!r}")
     if cfg.test_path:
