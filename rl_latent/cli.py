@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wandb", default=None, choices=["auto", "offline", "online", "none"])
     sp.add_argument("--out", help="output folder (default: <checkpoint>/../eval-<data>)")
     sp.add_argument("--show", type=int, default=3, help="print this many problems with the model's output")
+    sp.add_argument(
+        "--probe",
+        type=int,
+        default=None,
+        help="latent models: top tokens kept per latent step (default eval.probe)",
+    )
     sp.set_defaults(fn=_cmd_eval)
     return p
 

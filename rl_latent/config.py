@@ -78,7 +78,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    recipe: str = _f("sft", "training recipe (a file under trainers/)", ("sft",))
+    recipe: str = _f("sft", "training recipe (a file under trainers/)", ("sft", "codi"))
     mode: str = _f(
         "cot", "sft: `cot` trains question -> CoT -> answer, `nocot` question -> answer", ("cot", "nocot")
     )
@@ -101,6 +101,50 @@ class TrainConfig:
 
 
 @dataclass
+class LatentConfig:
+    head: str = _f(
+        "hidden",
+        "thought head: `hidden` (CODI: z = P(h)) or `soft` (z = sum_i y_i E[S_i] over the LM head's top-k)",
+        ("hidden", "soft"),
+    )
+    support_k: int = _f(8, "soft head: top-k support size of each soft thought")
+    temperature: float = _f(1.0, "soft head: p = softmax(logits / temperature) over the support")
+    project: bool = _f(False, "soft head: pass the mixture through CODI's projection P as well")
+    fixed_steps: int = _f(
+        0, "0 = adaptive (stop at <eot>, learned from the CoT length); K > 0 = always K steps"
+    )
+    max_steps: int = _f(8, "cap on latent steps in adaptive mode (the stop is forced there)")
+    steps_per_cot_step: int = _f(1, "adaptive mode: target latent steps = this x the number of CoT steps")
+    answer_prefix: bool = _f(
+        False,
+        "student answers `<eot> The answer is: N` (CODI's text) instead of `<eot> N` (4 fewer positions)",
+    )
+    policy: str = _f(
+        "gumbel", "latent policy when sampling (pass@k, RL)", ("vanilla", "gumbel", "dirichlet", "gaussian")
+    )
+    tau: float = _f(0.5, "gumbel: Concrete temperature tau")
+    concentration: float = _f(10.0, "dirichlet: y ~ Dirichlet(concentration * p + dirichlet_floor)")
+    dirichlet_floor: float = _f(0.05, "dirichlet: added to every concentration (keeps log-densities finite)")
+    std: float = _f(0.1, "gaussian (hidden head): z ~ N(P(h), std^2 I)")
+
+
+@dataclass
+class CodiConfig:
+    beta: float = _f(1.0, "weight of the hidden-state distillation (KD) at the answer-emitting token")
+    gamma: float = _f(1.0, "weight of the teacher's CoT cross-entropy")
+    align: float = _f(
+        0.0, "weight of the step-aligned loss: thought t's distribution vs step t's result (soft)"
+    )
+    stop_weight: float = _f(1.0, "weight of the learned stop (<eot> after the target number of latent steps)")
+    gold_anneal_steps: int = _f(
+        0, "step-aligned: feed the gold result's embedding, mixed linearly into the soft thought over N steps"
+    )
+    teacher_drop_last: bool = _f(True, "the teacher's CoT loses its last step (as in CODI)")
+    lora_r: int = _f(0, "LoRA rank through peft (0 = full fine-tuning)")
+    lora_alpha: int = _f(32, "LoRA alpha")
+
+
+@dataclass
 class EvalConfig:
     split: str = _f("test", "which split to evaluate at the end", ("train", "validation", "test"))
     max_problems: int | None = _f(None, "evaluate at most this many problems (None = all)")
@@ -109,6 +153,7 @@ class EvalConfig:
     temperature: float = _f(1.0, "sampling temperature for n_samples > 1")
     top_p: float = _f(1.0, "nucleus sampling for n_samples > 1")
     max_new_tokens: int = _f(96, "generation cap per answer")
+    probe: int = _f(5, "latent models: keep this many top tokens per latent step in samples.jsonl (0 = off)")
     batch_size: int = _f(256, "problems per generation batch")
 
 
@@ -130,8 +175,13 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    codi: CodiConfig = field(default_factory=CodiConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     stages: list[str] = _f(["cot_sft", "no_cot"], "pipeline stages, chained in order (`rl-latent pipeline`)")
+    stage_overrides: dict[str, dict[str, Any]] = _f(
+        {}, "per-stage dotted overrides applied after the stage's own, e.g. {codi_soft: {optim.lr: 1e-3}}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -184,6 +234,12 @@ def _coerce(value: Any, t: Any, key: str, source: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
         return _coerce(value, args[0], key, source)
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' in {source}: expected a mapping, got {value!r}")
+        return dict(value)
     if origin is list:
         (inner,) = typing.get_args(t)
         if isinstance(value, str):
@@ -277,6 +333,16 @@ def validate(cfg: Config) -> None:
             close = difflib.get_close_matches(stage, list(STAGES), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown pipeline stage '{stage}'{hint} (known: {list(STAGES)})")
+    for stage, over in cfg.stage_overrides.items():
+        if stage not in STAGES:
+            raise ConfigError(f"stage_overrides: unknown stage '{stage}' (known: {list(STAGES)})")
+        if not isinstance(over, dict):
+            raise ConfigError(f"stage_overrides.{stage} must be a mapping of dotted keys to values")
+        probe = copy.deepcopy(cfg)
+        for key, value in over.items():
+            _apply(probe, _nest(str(key), value), f"stage_overrides.{stage}")
+    if cfg.latent.fixed_steps < 0 or cfg.latent.max_steps < 1:
+        raise ConfigError("latent.fixed_steps must be >= 0 and latent.max_steps >= 1")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -288,9 +354,21 @@ def dump(cfg: Config, path: Path) -> None:
 
 
 # Pipeline stages: name -> (recipe, overrides applied on top of the config, stage it starts from).
+# `stage_overrides` in a recipe then wins over these. CODI stages start from the CoT-SFT model, as the paper
+# starts from a pretrained one (docs/decisions.md has the measurements behind each choice).
 STAGES: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "cot_sft": ("sft", {"train.mode": "cot"}, None),
     "no_cot": ("sft", {"train.mode": "nocot"}, None),
+    # CODI as published: hidden head, 6 latent steps, beta = gamma = 1, teacher CoT without its last step.
+    "codi": ("codi", {"latent.head": "hidden", "latent.fixed_steps": 6, "codi.align": 0.0}, "cot_sft"),
+    # the same losses with the adaptive latent length (stop learned from the CoT length)
+    "codi_hidden": ("codi", {"latent.head": "hidden", "latent.fixed_steps": 0, "codi.align": 0.0}, "cot_sft"),
+    # step-aligned soft thoughts: one per CoT step, each a distribution over that step's result
+    "codi_soft": (
+        "codi",
+        {"latent.head": "soft", "latent.fixed_steps": 0, "codi.align": 1.0, "codi.gold_anneal_steps": 200},
+        "cot_sft",
+    ),
 }
 
 
@@ -302,4 +380,6 @@ def stage_config(cfg: Config, stage: str) -> Config:
     out.train.output_dir = str(Path(cfg.train.output_dir) / stage)
     for key, value in overrides.items():
         _apply(out, _nest(key, value), f"stage {stage}")
+    for key, value in cfg.stage_overrides.get(stage, {}).items():
+        _apply(out, _nest(str(key), value), f"stage_overrides.{stage}")
     return out

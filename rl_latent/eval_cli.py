@@ -78,6 +78,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, float]:
         batch_size=ec.batch_size,
         max_problems=args.max_problems or ec.max_problems,
         desc=f"eval {name}",
+        latent=cfg.latent,
+        probe_k=ec.probe if args.probe is None else args.probe,
     )
     seconds = time.perf_counter() - t0
     metrics = {**res.metrics, "seconds": round(seconds, 2)}
@@ -110,5 +112,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, float]:
     for rec in res.records[: args.show]:
         mark = "ok " if rec["correct"] else "BAD"
         print(f"  [{mark}] {rec['question']}\n        -> {rec['output']}   (target {rec['target']})")
+        for j, top in enumerate(rec.get("latent_top_tokens", [])):  # the CODI probe: what each thought holds
+            what = "stop?" if j == rec["latent_steps"] else f"thought {j + 1}"
+            print(f"        {what:>10}: " + "  ".join(f"{t!r} {p:.2f}" for t, p in top))
     print(f"results in {out}/ (results.json, samples.jsonl, metrics.jsonl, results.png, wandb/)")
     return metrics

@@ -1,6 +1,8 @@
 """Evaluate a model on a data set: greedy accuracy, sampled pass@k, and per-sample compute.
 
-Generation uses the model's own `generate` (KV cache, left padding); answers are parsed GSM8K-style and
+A token-level model generates with its own `generate` (KV cache, left padding); a latent model (one with a
+thought head) goes through the latent sampler (`rollouts.sampler.rollout`): greedy thoughts and answer for
+accuracy, thoughts drawn from the configured latent policy for pass@k. Answers are parsed GSM8K-style and
 compared numerically. Compute is counted per sample from what was actually generated.
 """
 
@@ -95,8 +97,21 @@ def evaluate(
     max_problems: int | None = None,
     progress: bool = True,
     desc: str = "eval",
+    latent: Any = None,
+    probe_k: int = 0,
 ) -> EvalResult:
-    """Greedy accuracy and compute on every problem; with n_samples > 1, also the unbiased pass@k."""
+    """Greedy accuracy and compute on every problem; with n_samples > 1, also the unbiased pass@k.
+
+    ``latent`` (a `LatentConfig`) picks the latent policy used for pass@k samples of a latent model;
+    ``probe_k`` keeps each latent step's top tokens in the records (the CODI probe)."""
+    from rollouts.sampler import is_latent
+
+    if is_latent(model):
+        return _evaluate_latent(
+            model, dataset, n_samples=n_samples, ks=ks, temperature=temperature, top_p=top_p,
+            max_new_tokens=max_new_tokens, batch_size=batch_size, max_problems=max_problems,
+            progress=progress, desc=desc, latent=latent, probe_k=probe_k,
+        )  # fmt: skip
     model.eval()
     n = len(dataset) if max_problems is None else min(len(dataset), max_problems)
     rows = [dataset[i] for i in range(n)]
@@ -128,6 +143,7 @@ def evaluate(
                     positions=p[0],
                     layer_evals=c.layer_evals,
                     flops=c.flops,
+                    num_steps=r.get("num_steps"),
                 )
             )
         if n_samples > 1:
@@ -141,6 +157,74 @@ def evaluate(
             )
             for rec, r, ts in zip(records[-len(batch) :], batch, texts):
                 c = sum(answers_match(extract_answer(t), r["answer"]) for t in ts)
+                rec["samples_correct"] = c
+                correct_counts.append(c)
+        bar.update(len(batch))
+    bar.close()
+    metrics: dict[str, float] = {"accuracy": sum(r["correct"] for r in records) / max(1, n), "n": float(n)}
+    metrics.update(summarize(computes))
+    if n_samples > 1:
+        metrics.update(mean_pass_at_k([n_samples] * n, correct_counts, list(ks)))
+    return EvalResult(metrics=metrics, records=records)
+
+
+def sampling_policy(model: Any, latent: Any = None):
+    """The latent policy for sampled evaluation: ``latent.policy`` when it applies to the model's head, else
+    the head's default (soft: gumbel, hidden: gaussian)."""
+    from rl_latent.config import LatentConfig
+    from rollouts.sampler import HEAD_POLICIES, make_policy, thought_head
+
+    latent = latent or LatentConfig()
+    kind = thought_head(model).kind
+    name = (
+        latent.policy
+        if latent.policy in HEAD_POLICIES[kind]
+        else {"soft": "gumbel", "hidden": "gaussian"}[kind]
+    )
+    return make_policy(
+        kind, name, tau=latent.tau, concentration=latent.concentration,
+        dirichlet_floor=latent.dirichlet_floor, std=latent.std,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def _evaluate_latent(
+    model, dataset, *, n_samples, ks, temperature, top_p, max_new_tokens, batch_size, max_problems, progress,
+    desc, latent, probe_k,
+) -> EvalResult:  # fmt: skip
+    from rollouts.sampler import rollout
+
+    n = len(dataset) if max_problems is None else min(len(dataset), max_problems)
+    rows = [dataset[i] for i in range(n)]
+    records: list[dict[str, Any]] = []
+    computes, correct_counts = [], []
+    policy = sampling_policy(model, latent) if n_samples > 1 else None
+    bar = tqdm(total=n, desc=desc, disable=not progress, leave=False)
+    for idx in _batches(n, batch_size):
+        batch = [rows[i] for i in idx]
+        qs = [r["question"] for r in batch]
+        traj = rollout(model, qs, max_answer_tokens=max_new_tokens, probe_k=probe_k)
+        for i, r in enumerate(batch):
+            pred = extract_answer(traj.answers[i])
+            c = traj.compute[i]
+            computes.append(c)
+            rec = dict(
+                question=r["question"], target=r["answer"], output=traj.answers[i], pred=pred,
+                correct=answers_match(pred, r["answer"]), positions=c.positions, latent_steps=c.latent_steps,
+                layer_evals=c.layer_evals, flops=c.flops, num_steps=r.get("num_steps"),
+            )  # fmt: skip
+            if traj.probe:
+                rec["latent_top_tokens"] = traj.probe[i][: c.latent_steps + 1]
+            records.append(rec)
+        if n_samples > 1:
+            many = rollout(
+                model, [q for q in qs for _ in range(n_samples)], policy=policy,
+                max_answer_tokens=max_new_tokens,
+                answer_temperature=temperature, top_p=top_p,
+            )  # fmt: skip
+            for i, (rec, r) in enumerate(zip(records[-len(batch) :], batch)):
+                outs = many.answers[i * n_samples : (i + 1) * n_samples]
+                c = sum(answers_match(extract_answer(t), r["answer"]) for t in outs)
                 rec["samples_correct"] = c
                 correct_counts.append(c)
         bar.update(len(batch))

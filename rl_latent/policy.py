@@ -188,7 +188,11 @@ def _log_gamma_sample(alpha: Tensor, generator: torch.Generator | None) -> Tenso
 
 
 class DirichletSoft(LatentPolicy):
-    """``y ~ Dirichlet(gamma * p)``, ``p = softmax(logits / temperature)``; action ``x = log y``.
+    """``y ~ Dirichlet(gamma * p + alpha_0)``, ``p = softmax(logits / temperature)``; action ``x = log y``.
+
+    ``alpha_0`` (``floor``, default 0) keeps every concentration away from 0: with ``alpha_i -> 0`` a sample's
+    ``x_i ~ log(U) / alpha_i`` runs to -1e14 and so does the density, which no fp32 ratio survives. The
+    sampler passes ``latent.dirichlet_floor`` (0.05).
 
     Sampled as normalised Gamma variates in log space, ``x_i = log G_i - logsumexp_j log G_j``
     (``G_i ~ Gamma(gamma p_i)``), so no weight is lost to fp32 underflow. Log-density over the n-1 free
@@ -203,16 +207,20 @@ class DirichletSoft(LatentPolicy):
 
     name = "dirichlet"
 
-    def __init__(self, concentration: float = 1.0, temperature: float = 1.0) -> None:
-        if concentration <= 0 or temperature <= 0:
+    def __init__(self, concentration: float = 1.0, temperature: float = 1.0, floor: float = 0.0) -> None:
+        if concentration <= 0 or temperature <= 0 or floor < 0:
             raise ValueError(
-                f"DirichletSoft needs concentration, temperature > 0, got {concentration}, {temperature}"
+                f"DirichletSoft needs concentration, temperature > 0 and floor >= 0, got {concentration}, "
+                f"{temperature}, {floor}"
             )
         self.concentration = concentration
         self.temperature = temperature
+        self.floor = floor
 
     def _alpha(self, params: Tensor) -> Tensor:
-        return self.concentration * torch.softmax(_compute_dtype(params) / self.temperature, dim=-1)
+        return (
+            self.concentration * torch.softmax(_compute_dtype(params) / self.temperature, dim=-1) + self.floor
+        )
 
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         # alpha >= tiny: a p_i that underflows to 0 would make the Gamma shape 0 (degenerate).

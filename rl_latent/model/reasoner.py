@@ -168,7 +168,14 @@ class LatentReasoner(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         lm_state = None if state_dict is None else _sub_state(state_dict, "lm.")
-        self.lm.save_pretrained(path, state_dict=lm_state)
+        lm = self.lm
+        if hasattr(lm, "merge_and_unload"):  # a peft (LoRA) model: export merged weights, keep training live
+            if any(p.numel() == 0 for p in lm.parameters()):
+                raise NotImplementedError("saving gathered (ZeRO-3) weights of a LoRA model is not supported")
+            import copy
+
+            lm, lm_state = copy.deepcopy(lm).merge_and_unload(), None  # live weights == the gathered ones
+        lm.save_pretrained(path, state_dict=lm_state)
         self.tokenizer.save_pretrained(path)
         specs: dict[str, dict[str, Any]] = {}
         tensors: dict[str, torch.Tensor] = {}

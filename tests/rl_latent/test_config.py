@@ -75,3 +75,15 @@ def test_stage_config_does_not_touch_the_parent():
     nocot = stage_config(cfg, "no_cot")
     assert nocot.train.mode == "nocot" and cfg.train.mode == "cot"
     assert nocot.train.output_dir == str(Path("runs/x") / "no_cot")
+
+
+def test_stage_overrides_win_over_stage_defaults_and_are_checked():
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", ["optim.lr=0.5"])
+    soft = stage_config(cfg, "codi_soft")
+    assert soft.train.recipe == "codi" and soft.latent.head == "soft" and soft.codi.align == 1.0
+    assert soft.optim.lr == cfg.stage_overrides["codi_soft"]["optim.lr"] != 0.5
+    assert stage_config(cfg, "codi").latent.fixed_steps == 6  # CODI as published
+    with pytest.raises(ConfigError, match="unknown stage 'codi_sfot'"):
+        load_config(None, ["stage_overrides={codi_sfot: {optim.lr: 1}}"])
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        load_config(None, ["stage_overrides={codi_soft: {optim.lrr: 1}}"])

@@ -35,3 +35,25 @@ def test_evaluate_reports_accuracy_pass_at_k_and_compute():
     assert 1 <= m["positions"] <= 10 and m["layer_evals"] == m["positions"] * model.num_layers
     assert m["pass@3"] >= m["pass@1"] and len(res.records) == 5
     assert all(r["samples_correct"] in range(4) for r in res.records)
+
+
+def test_latent_models_are_evaluated_through_the_sampler_with_the_probe():
+    from rl_latent.config import LatentConfig
+    from tests.rollouts.conftest import make_latent_model
+
+    rows = generate_arith(6, seed=3, spec=ArithSpec(num_steps=3, min_steps=1, max_value=30))
+    model = make_latent_model("soft")
+    latent = LatentConfig(policy="gumbel", tau=0.5)
+    res = evaluate(
+        model, rows, n_samples=4, ks=[1, 4], max_new_tokens=4, progress=False, latent=latent, probe_k=3
+    )
+    m = res.metrics
+    assert {"accuracy", "pass@1", "pass@4", "latent_steps", "positions"} <= set(m)
+    assert 0 <= m["latent_steps"] <= 5 and m["positions"] >= m["latent_steps"] + 2
+    for rec in res.records:
+        assert rec["positions"] > rec["latent_steps"]  # + <eot> + answer tokens
+        assert (
+            len(rec["latent_top_tokens"]) == min(rec["latent_steps"] + 1, 5 + 1) or rec["latent_steps"] == 5
+        )
+        assert all(len(top) == 3 and 0 <= top[0][1] <= 1 for top in rec["latent_top_tokens"])
+        assert rec["num_steps"] in (1, 2, 3)

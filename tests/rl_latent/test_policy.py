@@ -217,3 +217,14 @@ def test_gumbel_entropy_proxy_is_categorical_entropy():
     logits = torch.tensor([[2.0, 0.0, -1.0]])
     ref = torch.distributions.Categorical(logits=logits / 0.7).entropy()
     torch.testing.assert_close(GumbelSoftmax(tau=0.1, temperature=0.7).entropy(logits), ref)
+
+
+def test_dirichlet_floor_is_added_to_every_concentration_and_bounds_the_samples():
+    logits = torch.tensor([[8.0, 0.0, -8.0, -12.0]], dtype=D64).expand(256, -1)
+    pol = DirichletSoft(concentration=2.0, floor=0.05)
+    x, lp = pol.sample(logits, generator=_gen(11))
+    ref = torch.distributions.Dirichlet(2.0 * torch.softmax(logits, -1) + 0.05)
+    torch.testing.assert_close(lp, ref.log_prob(x.exp()), rtol=1e-9, atol=1e-8)
+    # without the floor, alpha ~ 1e-9 puts log-weights near -1e9; with it they stay within fp32's reach
+    assert x.min() > -1e4
+    assert DirichletSoft(concentration=2.0).sample(logits, generator=_gen(11))[0].min() < -1e5

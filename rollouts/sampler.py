@@ -1,0 +1,443 @@
+"""Batched latent rollouts with a KV cache, and their replay in one forward pass.
+
+    rollout:  prompt <bot> | z_1 .. z_n | <eot> | a_0 .. <eos>        (one position per forward call)
+    replay:   the same sequence rebuilt from the stored actions, one forward, new log-probs at the stored ids
+
+Rows advance in lock-step, one position per call: a row may be thinking while its neighbour is already
+answering; a finished row feeds masked pads. Each row's computation sees only its own positions (the
+attention mask and mask-derived position ids), so a problem gets the same thoughts and answer whatever it is
+batched with. With ``generators`` (one ``torch.Generator`` per row) its random draws are also its own, which
+makes a batch of 64 reproduce 64 batches of 1.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rl_latent.compute import generation_compute
+from rl_latent.data.format import prompt_text
+from rl_latent.model.heads import HEAD_NAME
+from rl_latent.policy import LatentPolicy, get_policy
+from rollouts.trajectory import Trajectory
+
+HEAD_POLICIES = {"hidden": ("vanilla", "gaussian"), "soft": ("vanilla", "gumbel", "dirichlet")}
+LATENT_DEFAULTS = {"fixed_steps": 0, "max_steps": 8}
+
+
+def thought_head(model: Any) -> Any:
+    if HEAD_NAME not in model.heads:
+        raise ValueError("this model has no thought head: train it with a CODI stage (codi, codi_soft, ...)")
+    return model.heads[HEAD_NAME]
+
+
+def is_latent(model: Any) -> bool:
+    return HEAD_NAME in getattr(model, "heads", {})
+
+
+def latent_settings(model: Any) -> dict[str, Any]:
+    """The latent-phase settings a model was distilled with (``latent_extra["latent"]``)."""
+    return {**LATENT_DEFAULTS, **model.latent_extra.get("latent", {})}
+
+
+def make_policy(head_kind: str, name: str = "vanilla", **kwargs: float) -> LatentPolicy:
+    """The latent policy ``name`` for a head, with only the keyword arguments that policy takes."""
+    if name not in HEAD_POLICIES[head_kind]:
+        raise ValueError(
+            f"policy {name!r} does not apply to the {head_kind} head; use {HEAD_POLICIES[head_kind]}"
+        )
+    if name == "dirichlet" and "dirichlet_floor" in kwargs:
+        kwargs = {**kwargs, "floor": kwargs["dirichlet_floor"]}
+    allowed = {
+        "gumbel": ("tau",),
+        "dirichlet": ("concentration", "floor"),
+        "gaussian": ("std",),
+        "vanilla": (),
+    }
+    return get_policy(name, **{k: v for k, v in kwargs.items() if k in allowed[name]})
+
+
+def encode_prompts(model: Any, questions: list[str]) -> list[list[int]]:
+    """Question text -> token ids ending with ``<bot>`` (the latent phase opens right after the question)."""
+    ids = model.tokenizer(questions, add_special_tokens=False)["input_ids"]
+    return [list(x) + [model.bot_id] for x in ids]
+
+
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, n - len(r) :] = torch.tensor(r)
+        mask[i, n - len(r) :] = 1
+    return ids, mask
+
+
+def _gumbel_argmax(logits: Tensor, generator: torch.Generator | None) -> Tensor:
+    """An exact categorical sample ``argmax(logits + g)`` (-inf entries are never picked)."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-20, 1 - 1e-7)
+    return torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)
+
+
+def _top_p_mask(logits: Tensor, top_p: float) -> Tensor:
+    """Logits outside the nucleus set to -inf (the most likely token always stays)."""
+    if top_p >= 1.0:
+        return logits
+    sorted_l, order = torch.sort(logits, descending=True, dim=-1)
+    cum = torch.softmax(sorted_l, dim=-1).cumsum(-1)
+    drop = cum - torch.softmax(sorted_l, dim=-1) > top_p
+    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+
+
+@dataclass
+class _Row:
+    """One sample's growing record."""
+
+    phase: str = "latent"  # latent -> answer -> done
+    decisions: int = 0
+    latent_steps: int = 0
+
+
+@torch.no_grad()
+def rollout(
+    model: Any,
+    questions: list[str],
+    *,
+    policy: LatentPolicy | None = None,
+    targets: list[str] | None = None,
+    fixed_steps: int | None = None,
+    max_steps: int | None = None,
+    max_answer_tokens: int = 16,
+    answer_temperature: float = 0.0,
+    top_p: float = 1.0,
+    generators: list[torch.Generator] | None = None,
+    generator: torch.Generator | None = None,
+    weights_version: int = 0,
+    probe_k: int = 0,
+    metadata: list[dict[str, Any]] | None = None,
+) -> Trajectory:
+    """Roll out ``questions`` (raw question text) through the latent phase and the answer.
+
+    ``policy`` defaults to the deterministic one (greedy thoughts); ``answer_temperature = 0``
+    answers greedily.
+    ``fixed_steps``/``max_steps`` default to the model's distillation settings. ``generators`` (one per row)
+    makes every row's randomness its own; else ``generator`` (or torch's global one) is shared by the batch.
+    ``probe_k > 0`` records each decision's top tokens under the LM head (the CODI probe).
+    """
+    head = thought_head(model)
+    settings = latent_settings(model)
+    fixed = settings["fixed_steps"] if fixed_steps is None else fixed_steps
+    cap = fixed if fixed > 0 else (settings["max_steps"] if max_steps is None else max_steps)
+    policy = policy or make_policy(head.kind, "vanilla")
+    if head.kind == "hidden" and policy.name not in HEAD_POLICIES["hidden"]:
+        raise ValueError(f"policy {policy.name!r} does not apply to the hidden head")
+    if generators is not None and len(generators) != len(questions):
+        raise ValueError(f"{len(generators)} generators for {len(questions)} questions")
+    tok = model.tokenizer
+    device = model.device
+    emb = model.lm.get_input_embeddings()
+    eot_vec = emb.weight[model.eot_id]
+    pad_vec = emb.weight[tok.pad_token_id]
+    eos = tok.eos_token_id
+    B = len(questions)
+    gen_of = (lambda b: generators[b]) if generators is not None else (lambda b: generator)  # noqa: E731
+
+    model.eval()
+    t0 = time.perf_counter()
+    prompt_ids = encode_prompts(model, [prompt_text({"question": q}) for q in questions])
+    ids, mask = _left_pad(prompt_ids, tok.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)
+    out = model(input_ids=ids, attention_mask=mask, use_cache=True, output_hidden_states=True)
+    cache = out.past_key_values
+    logits, h = out.logits[:, -1].float(), out.hidden_states[-1][:, -1]
+
+    rows = [_Row() for _ in range(B)]
+    dec: list[list[dict[str, Any]]] = [[] for _ in range(B)]
+    ans: list[list[tuple[int, float]]] = [[] for _ in range(B)]
+    probe: list[list[list[tuple[str, float]]]] = [[] for _ in range(B)]
+    for _ in range(cap + 1 + max_answer_tokens):
+        nxt = torch.empty(B, emb.weight.shape[1], dtype=emb.weight.dtype, device=device)
+        live = torch.ones(B, 1, dtype=mask.dtype, device=device)
+        if probe_k:
+            top = torch.softmax(logits, -1).topk(probe_k, dim=-1)
+        for b, r in enumerate(rows):
+            if r.phase == "latent":
+                if probe_k:
+                    probe[b].append(
+                        [
+                            (tok.decode([i]), round(p, 4))
+                            for i, p in zip(top.indices[b].tolist(), top.values[b].tolist())
+                        ]
+                    )
+                d = _decide(model, head, policy, logits[b], h[b], r.decisions, fixed, cap, gen_of(b))
+                dec[b].append(d)
+                r.decisions += 1
+                if d["stop"]:
+                    nxt[b] = eot_vec
+                    r.phase = "answer"
+                else:
+                    nxt[b] = d["z"]
+                    r.latent_steps += 1
+            elif r.phase == "answer":
+                t, lp = _answer_token(logits[b], answer_temperature, top_p, gen_of(b))
+                ans[b].append((t, lp))
+                nxt[b] = emb.weight[t]
+                if t == eos or len(ans[b]) >= max_answer_tokens:
+                    r.phase = "done"
+            else:
+                nxt[b], live[b] = pad_vec, 0
+        if all(r.phase == "done" for r in rows):
+            break
+        mask = torch.cat([mask, live], dim=1)
+        out = model(
+            inputs_embeds=nxt[:, None], attention_mask=mask, past_key_values=cache, use_cache=True,
+            output_hidden_states=True,
+        )  # fmt: skip
+        cache = out.past_key_values
+        logits, h = out.logits[:, -1].float(), out.hidden_states[-1][:, -1]
+    wall = time.perf_counter() - t0
+    return _pack(
+        model, head, policy, prompt_ids, questions, targets, dec, ans, probe, rows, answer_temperature,
+        wall, weights_version, metadata,
+    )  # fmt: skip
+
+
+def _decide(
+    model: Any, head: Any, policy: LatentPolicy, logits: Tensor, h: Tensor, j: int, fixed: int, cap: int,
+    gen: torch.Generator | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Decision j of one row: stop (next input <eot>) or continue with a sampled thought ``z``."""
+    d: dict[str, Any] = {
+        "stop": False,
+        "logp": 0.0,
+        "stop_logp": 0.0,
+        "sampled": False,
+        "stop_sampled": False,
+    }
+    if j >= cap:  # the cap (or the K of fixed-K mode): a forced stop, no log-prob term
+        d["stop"] = True
+        return d
+    adaptive = fixed == 0
+    if head.kind == "soft":
+        ids, sub = head.support(logits[None])
+        x, lp = policy.sample(sub, generator=gen)
+        d.update(ids=ids[0], action=x[0], logp=float(lp[0]), sampled=not policy.deterministic)
+        if adaptive and int(ids[0, x[0].argmax()]) == model.eot_id:
+            d["stop"] = True
+        else:
+            d["z"] = head.embed(x[0], ids[0], model.lm.get_input_embeddings())
+        return d
+    # hidden head: the stop is a Bernoulli(p(<eot>)) decision under the LM head, then z ~ policy(P(h))
+    if adaptive:
+        log_p = torch.log_softmax(logits, -1)[model.eot_id]
+        if policy.deterministic:
+            d["stop"] = bool(log_p.exp() > 0.5)
+        else:
+            u = torch.rand((), generator=gen, device=logits.device)
+            d["stop"] = bool(u < log_p.exp())
+            d["stop_sampled"] = True
+            d["stop_logp"] = float(log_p if d["stop"] else torch.log1p(-log_p.exp().clamp(max=1 - 1e-7)))
+        if d["stop"]:
+            return d
+    mu = head.mean(h[None]).float()
+    z, lp = policy.sample(mu, generator=gen) if not policy.deterministic else (mu, torch.zeros(1))
+    d.update(action=z[0], logp=float(lp[0]), sampled=not policy.deterministic, z=z[0].to(h.dtype))
+    return d
+
+
+def _answer_token(
+    logits: Tensor, temperature: float, top_p: float, gen: torch.Generator | None
+) -> tuple[int, float]:
+    """Greedy (temperature 0) or a tempered, nucleus-truncated sample; log-prob under softmax(logits / T)."""
+    if temperature <= 0:
+        t = int(logits.argmax())
+        return t, float(torch.log_softmax(logits, -1)[t])
+    scaled = logits / temperature
+    t = int(_gumbel_argmax(_top_p_mask(scaled, top_p), gen))
+    return t, float(torch.log_softmax(scaled, -1)[t])
+
+
+def _pack(
+    model,
+    head,
+    policy,
+    prompt_ids,
+    questions,
+    targets,
+    dec,
+    ans,
+    probe,
+    rows,
+    temperature,
+    wall,
+    version,
+    meta,
+) -> Trajectory:
+    B = len(rows)
+    J = max(1, max(len(d) for d in dec))
+    k = head.k if head.kind == "soft" else 0
+    width = k if head.kind == "soft" else model.hidden_size
+    support = torch.zeros(B, J, k, dtype=torch.long)
+    actions = torch.zeros(B, J, width, dtype=torch.float32)
+    latent_logp, stop_logp = torch.zeros(B, J), torch.zeros(B, J)
+    action_mask = torch.zeros(B, J, dtype=torch.bool)
+    stop_mask = torch.zeros(B, J, dtype=torch.bool)
+    for b, ds in enumerate(dec):
+        for j, d in enumerate(ds):
+            if "action" in d:
+                a = d["action"].float().cpu()
+                actions[b, j, : a.shape[-1]] = a
+                if head.kind == "soft":
+                    support[b, j, : d["ids"].shape[-1]] = d["ids"].cpu()
+            action_mask[b, j] = d["sampled"]
+            latent_logp[b, j] = d["logp"]
+            stop_mask[b, j] = d["stop_sampled"]
+            stop_logp[b, j] = d["stop_logp"]
+    A = max(1, max(len(a) for a in ans))
+    pad = model.tokenizer.pad_token_id
+    answer_ids = torch.full((B, A), pad, dtype=torch.long)
+    answer_logp = torch.zeros(B, A)
+    answer_mask = torch.zeros(B, A, dtype=torch.bool)
+    for b, a in enumerate(ans):
+        if a:
+            answer_ids[b, : len(a)] = torch.tensor([t for t, _ in a])
+            answer_logp[b, : len(a)] = torch.tensor([lp for _, lp in a])
+            answer_mask[b, : len(a)] = True
+    eos = model.tokenizer.eos_token_id
+    answers = [
+        model.tokenizer.decode([t for t, _ in a if t != eos], skip_special_tokens=True).strip() for a in ans
+    ]
+    lm_shape = dict(
+        n_layer=model.num_layers,
+        n_params_non_embedding=model.n_params(non_embedding=True),
+        d_model=model.hidden_size,
+    )
+    compute = [
+        generation_compute(len(p), 1 + len(a), latent_steps=r.latent_steps, wall_s=wall / B, **lm_shape)
+        for p, a, r in zip(prompt_ids, ans, rows)
+    ]
+    return Trajectory(
+        prompt_ids=prompt_ids,
+        questions=list(questions),
+        targets=list(targets) if targets is not None else [""] * B,
+        support_ids=support,
+        actions=actions,
+        latent_logp=latent_logp,
+        action_mask=action_mask,
+        stop_logp=stop_logp,
+        stop_mask=stop_mask,
+        latent_steps=torch.tensor([r.latent_steps for r in rows], dtype=torch.long),
+        answer_ids=answer_ids,
+        answer_logp=answer_logp,
+        answer_mask=answer_mask,
+        answers=answers,
+        head=head.kind,
+        policy=policy.name,
+        answer_temperature=temperature if temperature > 0 else 1.0,
+        compute=compute,
+        weights_version=version,
+        metadata=list(meta) if meta is not None else [{} for _ in range(B)],
+        probe=probe if any(probe) else [],
+    )
+
+
+@dataclass
+class Replayed:
+    """New log-probs of a trajectory's stored choices under the current weights (same shapes as stored)."""
+
+    latent_logp: Tensor  # [B, J]
+    stop_logp: Tensor  # [B, J]
+    answer_logp: Tensor  # [B, A]
+    entropy: Tensor  # [B, J] latent-policy entropy at each decision (0 where no action)
+
+    def total(self, traj: Trajectory) -> Tensor:
+        return (
+            (self.latent_logp * traj.action_mask).sum(-1)
+            + (self.stop_logp * traj.stop_mask).sum(-1)
+            + (self.answer_logp * traj.answer_mask).sum(-1)
+        )
+
+
+def replay(model: Any, traj: Trajectory, policy: LatentPolicy) -> Replayed:
+    """Recompute every log-prob of ``traj`` under the current weights in one forward pass.
+
+    Each latent input is rebuilt as a fixed function of the stored action (soft: ``z = sum_i y_i E[S_i]``;
+    hidden: the stored ``z``), detached, so gradients flow only through the log-probs at the stored choices
+    (the score-function estimator of GRPO/PPO). Runs with gradients unless called under ``torch.no_grad``.
+    """
+    head = thought_head(model)
+    emb = model.lm.get_input_embeddings()
+    device = model.device
+    B, J = traj.latent_logp.shape
+    n_lat = traj.latent_steps.tolist()
+    seqs, dec_pos, ans_pos = [], [], []
+    with torch.no_grad():
+        for b in range(B):
+            parts = [emb(torch.tensor(traj.prompt_ids[b], device=device))]
+            n = n_lat[b]
+            if n:
+                if head.kind == "soft":
+                    z = head.embed(traj.actions[b, :n].to(device), traj.support_ids[b, :n].to(device), emb)
+                else:
+                    z = traj.actions[b, :n].to(device, emb.weight.dtype)
+                parts.append(z.to(emb.weight.dtype))
+            a_len = int(traj.answer_mask[b].sum())
+            tail = torch.tensor(
+                [model.eot_id] + traj.answer_ids[b, : max(0, a_len - 1)].tolist(), device=device
+            )
+            parts.append(emb(tail))
+            seqs.append(torch.cat(parts))
+            p = len(traj.prompt_ids[b])
+            dec_pos.append([p - 1 + j for j in range(J)])  # <bot>, then latent position j
+            ans_pos.append([p + n + i for i in range(traj.answer_ids.shape[1])])  # <eot>, then a_0..
+    L = max(s.shape[0] for s in seqs)
+    x = torch.zeros(B, L, emb.weight.shape[1], dtype=emb.weight.dtype, device=device)
+    mask = torch.zeros(B, L, dtype=torch.long, device=device)
+    for b, s in enumerate(seqs):
+        x[b, : s.shape[0]], mask[b, : s.shape[0]] = s, 1
+    out = model(inputs_embeds=x, attention_mask=mask, output_hidden_states=head.kind == "hidden")
+    logits = out.logits.float()
+    bidx = torch.arange(B, device=device)[:, None]
+    dpos = torch.tensor(dec_pos, device=device).clamp(max=L - 1)
+    apos = torch.tensor(ans_pos, device=device).clamp(max=L - 1)
+    dec_logits = logits[bidx, dpos]  # [B, J, V]
+    ans_logp = torch.log_softmax(logits[bidx, apos] / traj.answer_temperature, -1)
+    answer_logp = ans_logp.gather(-1, traj.answer_ids.to(device)[..., None])[..., 0]
+    if head.kind == "soft":
+        sub = dec_logits.gather(-1, traj.support_ids.to(device)) / head.temperature
+        latent_logp = policy.log_prob(sub, traj.actions.to(device))
+        entropy = policy.entropy(sub)
+        stop_logp = torch.zeros_like(latent_logp)
+    else:
+        mu = head.mean(out.hidden_states[-1][bidx, dpos]).float()
+        latent_logp = policy.log_prob(mu, traj.actions.to(device))
+        entropy = policy.entropy(mu)
+        log_p = torch.log_softmax(dec_logits, -1)[..., model.eot_id]
+        stopped = torch.zeros(B, J, dtype=torch.bool, device=device)
+        stopped[torch.arange(B), torch.tensor(n_lat, device=device).clamp(max=J - 1)] = True
+        log_not = torch.log1p(-log_p.exp().clamp(max=1 - 1e-7))
+        stop_logp = torch.where(stopped, log_p, log_not)
+    am = traj.action_mask.to(device)
+    return Replayed(
+        latent_logp=torch.where(am, latent_logp, 0.0),
+        stop_logp=torch.where(traj.stop_mask.to(device), stop_logp, 0.0),
+        answer_logp=torch.where(traj.answer_mask.to(device), answer_logp, 0.0),
+        entropy=torch.where(am, entropy, 0.0),
+    )
+
+
+def logprob_gap(traj: Trajectory, new: Replayed) -> float:
+    """max |replayed - rollout| over every stored log-prob (logged as policy/logprob_gap)."""
+    gaps = [
+        ((new.latent_logp.detach().cpu() - traj.latent_logp) * traj.action_mask).abs().max(),
+        ((new.stop_logp.detach().cpu() - traj.stop_logp) * traj.stop_mask).abs().max(),
+        ((new.answer_logp.detach().cpu() - traj.answer_logp) * traj.answer_mask).abs().max(),
+    ]
+    return float(torch.stack(gaps).max())
+
+
+__all__ = ["Replayed", "encode_prompts", "is_latent", "logprob_gap", "make_policy", "replay", "rollout"]

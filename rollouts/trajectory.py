@@ -1,0 +1,98 @@
+"""The one type that crosses rollout, reward and trainer: a batch of latent trajectories.
+
+A sample's path is ``prompt <bot> z_1 .. z_n <eot> a_0 .. a_{A-1}`` (a_{A-1} is ``<eos>`` unless capped).
+Thinking is a sequence of *decisions*: decision j is made from the output at ``<bot>`` (j = 0) or at latent
+position ``z_j`` (j >= 1); it either continues (an action is sampled and becomes ``z_{j+1}``) or stops (the
+next input is ``<eot>``). ``n = latent_steps`` decisions continued; decision n stopped.
+
+Log-probabilities (all fp32, per sample, summed by :meth:`Trajectory.logp`):
+
+- ``latent_logp[b, j]``: log-density of decision j's action (``action_mask``). For the soft head the stop is a
+  function of the action (``argmax y == <eot>``), so the stopping decision also has an action and no extra
+  term.
+- ``stop_logp[b, j]``: hidden head only, the Bernoulli ``p(<eot>)`` stop/continue decision (``stop_mask``).
+- ``answer_logp[b, i]``: the answer tokens under the sampling distribution (``answer_mask``).
+A forced stop (the cap, or fixed-K mode) has no term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rl_latent.compute import SampleCompute
+
+
+@dataclass
+class Trajectory:
+    # the inputs
+    prompt_ids: list[list[int]]  # unpadded; each ends with <bot>
+    questions: list[str]
+    targets: list[str]  # gold answers ("" when unknown)
+    # latent decisions, j = 0..J-1 (J = the longest sample's decisions)
+    support_ids: Tensor  # [B, J, k] int64 (soft head; k = 0 for the hidden head)
+    actions: Tensor  # [B, J, k] log-weights x = log y (soft) or [B, J, d] vectors z (hidden)
+    latent_logp: Tensor  # [B, J]
+    action_mask: Tensor  # [B, J] bool: decision j sampled an action
+    stop_logp: Tensor  # [B, J]
+    stop_mask: Tensor  # [B, J] bool: decision j sampled a stop/continue (hidden head)
+    latent_steps: Tensor  # [B] int64: n, continued decisions
+    # the answer
+    answer_ids: Tensor  # [B, A] int64, padded with the pad id
+    answer_logp: Tensor  # [B, A]
+    answer_mask: Tensor  # [B, A] bool
+    answers: list[str]  # decoded answer text
+    # bookkeeping
+    head: str  # "hidden" | "soft"
+    policy: str  # latent policy name
+    answer_temperature: float  # answer_logp is under softmax(logits / this) (1.0 when greedy)
+    compute: list[SampleCompute]
+    weights_version: int = 0
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+    probe: list[list[list[tuple[str, float]]]] = field(default_factory=list)  # [b][j] -> top tokens
+    rewards: Tensor | None = None  # [B], set by rewards/
+    reward_components: dict[str, Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def logp(self) -> Tensor:
+        """``log pi(trajectory)`` per sample: latent actions + stop decisions + answer tokens."""
+        return (
+            (self.latent_logp * self.action_mask).sum(-1)
+            + (self.stop_logp * self.stop_mask).sum(-1)
+            + (self.answer_logp * self.answer_mask).sum(-1)
+        )
+
+    def select(self, idx: list[int]) -> Trajectory:
+        """The samples at ``idx`` (tensors sliced, text and compute picked), e.g. a minibatch."""
+        t = torch.as_tensor(idx, dtype=torch.long)
+        pick = lambda xs: [xs[i] for i in idx] if xs else xs  # noqa: E731
+        return Trajectory(
+            prompt_ids=pick(self.prompt_ids),
+            questions=pick(self.questions),
+            targets=pick(self.targets),
+            support_ids=self.support_ids[t],
+            actions=self.actions[t],
+            latent_logp=self.latent_logp[t],
+            action_mask=self.action_mask[t],
+            stop_logp=self.stop_logp[t],
+            stop_mask=self.stop_mask[t],
+            latent_steps=self.latent_steps[t],
+            answer_ids=self.answer_ids[t],
+            answer_logp=self.answer_logp[t],
+            answer_mask=self.answer_mask[t],
+            answers=pick(self.answers),
+            head=self.head,
+            policy=self.policy,
+            answer_temperature=self.answer_temperature,
+            compute=pick(self.compute),
+            weights_version=self.weights_version,
+            metadata=pick(self.metadata),
+            probe=pick(self.probe),
+            rewards=None if self.rewards is None else self.rewards[t],
+            reward_components={k: v[t] for k, v in self.reward_components.items()},
+        )
