@@ -1,4 +1,5 @@
-"""Latent reasoning against its baselines: No-CoT, CoT-SFT, CODI (hidden head) and step-aligned soft CODI.
+"""Latent reasoning against its baselines: No-CoT, CoT-SFT, CODI as published, and step-aligned CODI with the
+hidden and the soft thought head.
 
     python bench/latent.py                               # quickstart task (arith level 2)
     python bench/latent.py --task-seed 3 --difficulty 3
@@ -30,8 +31,8 @@ from rl_latent.config import load_config, stage_config  # noqa: E402
 from rl_latent.pipeline import run_recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("cot_sft", "no_cot", "codi_hidden", "codi_soft")
-STAGE_OF = {"cot_sft": "cot_sft", "no_cot": "no_cot", "codi_hidden": "codi_hidden", "codi_soft": "codi_soft"}
+METHODS = ("cot_sft", "no_cot", "codi", "codi_hidden", "codi_soft")  # codi: as published (hidden, K = 6)
+STAGE_OF = {m: m for m in METHODS}
 
 
 def main() -> None:
@@ -45,7 +46,7 @@ def main() -> None:
         "--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS)
     )
     ap.add_argument(
-        "--steps", default="cot_sft=1000,no_cot=1000,codi_hidden=1500,codi_soft=2500",
+        "--steps", default="cot_sft=1000,no_cot=1000,codi=600,codi_hidden=3000,codi_soft=3000",
         help="optimizer steps (the LR schedule's length) per method; --budget-s caps the seconds",
     )  # fmt: skip
     ap.add_argument("--reuse", action="store_true", help="reuse models already trained in --out")

@@ -110,11 +110,15 @@ class LatentConfig:
     support_k: int = _f(8, "soft head: top-k support size of each soft thought")
     temperature: float = _f(1.0, "soft head: p = softmax(logits / temperature) over the support")
     project: bool = _f(False, "soft head: pass the mixture through CODI's projection P as well")
+    residual: bool = _f(
+        False, "soft head: z = mixture + R(h), a deterministic hidden channel beside the soft one"
+    )
     fixed_steps: int = _f(
         0, "0 = adaptive (stop at <eot>, learned from the CoT length); K > 0 = always K steps"
     )
     max_steps: int = _f(8, "cap on latent steps in adaptive mode (the stop is forced there)")
-    steps_per_cot_step: int = _f(1, "adaptive mode: target latent steps = this x the number of CoT steps")
+    steps_per_cot_step: int = _f(1, "adaptive mode: target latent steps = lead_steps + this x the CoT steps")
+    lead_steps: int = _f(0, "adaptive mode: free latent steps before the first step-aligned one")
     answer_prefix: bool = _f(
         False,
         "student answers `<eot> The answer is: N` (CODI's text) instead of `<eot> N` (4 fewer positions)",
@@ -313,11 +317,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: invalid YAML: {e}") from None
         _apply(cfg, data, str(path))
+    cli = []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key.sub=value")
         key, raw = item.split("=", 1)
-        _apply(cfg, _nest(key.strip(), yaml.safe_load(raw) if raw else ""), "command-line override")
+        cli.append((key.strip(), yaml.safe_load(raw) if raw else ""))
+        _apply(cfg, _nest(*cli[-1]), "command-line override")
+    cfg._cli_overrides = cli  # re-applied by stage_config after the recipe's stage_overrides
     validate(cfg)
     return cfg
 
@@ -360,20 +367,53 @@ STAGES: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "cot_sft": ("sft", {"train.mode": "cot"}, None),
     "no_cot": ("sft", {"train.mode": "nocot"}, None),
     # CODI as published: hidden head, 6 latent steps, beta = gamma = 1, teacher CoT without its last step.
-    "codi": ("codi", {"latent.head": "hidden", "latent.fixed_steps": 6, "codi.align": 0.0}, "cot_sft"),
-    # the same losses with the adaptive latent length (stop learned from the CoT length)
-    "codi_hidden": ("codi", {"latent.head": "hidden", "latent.fixed_steps": 0, "codi.align": 0.0}, "cot_sft"),
-    # step-aligned soft thoughts: one per CoT step, each a distribution over that step's result
-    "codi_soft": (
+    "codi": (
         "codi",
-        {"latent.head": "soft", "latent.fixed_steps": 0, "codi.align": 1.0, "codi.gold_anneal_steps": 200},
+        {
+            "latent.head": "hidden",
+            "latent.fixed_steps": 6,
+            "codi.align": 0.0,
+            "codi.beta": 1.0,
+            "codi.gamma": 1.0,
+        },
         "cot_sft",
     ),
+    # Step-aligned thoughts (adaptive length, one per CoT step): decision j's LM-head distribution is trained
+    # on step j+1's result and the gold result's embedding is fed at first. `hidden`: z = P(h), as CODI.
+    "codi_hidden": (
+        "codi",
+        {
+            "latent.head": "hidden",
+            "latent.fixed_steps": 0,
+            "codi.align": 1.0,
+            "codi.beta": 0.0,
+            "codi.gamma": 0.0,
+            "codi.gold_anneal_steps": 300,
+        },
+        "cot_sft",
+    ),  # fmt: skip
+    # `soft`: z = sum_i p_i E[S_i], so each thought is a distribution over candidate intermediate values.
+    "codi_soft": (
+        "codi",
+        {
+            "latent.head": "soft",
+            "latent.fixed_steps": 0,
+            "codi.align": 1.0,
+            "codi.beta": 0.0,
+            "codi.gamma": 0.0,
+            "codi.gold_anneal_steps": 300,
+        },
+        "cot_sft",
+    ),  # fmt: skip
 }
 
 
 def stage_config(cfg: Config, stage: str) -> Config:
-    """The config a pipeline stage runs with: its recipe's overrides and its own output dir."""
+    """The config a pipeline stage runs with, its own output dir under ``train.output_dir``.
+
+    Precedence, lowest first: the recipe YAML and command line (``cfg``), the stage's defining overrides
+    (``STAGES``), the recipe's ``stage_overrides``, then the command line again for every key the stage does
+    not define (so ``rl-latent pipeline quickstart.yaml train.max_steps=3`` means 3 steps in every stage)."""
     recipe, overrides, _ = STAGES[stage]
     out = copy.deepcopy(cfg)
     out.train.recipe = recipe
@@ -382,4 +422,7 @@ def stage_config(cfg: Config, stage: str) -> Config:
         _apply(out, _nest(key, value), f"stage {stage}")
     for key, value in cfg.stage_overrides.get(stage, {}).items():
         _apply(out, _nest(str(key), value), f"stage_overrides.{stage}")
+    for key, value in getattr(cfg, "_cli_overrides", []):  # the command line wins, except over what defines
+        if key not in overrides and not key.startswith(("stage", "train.output_dir")):  # the stage itself
+            _apply(out, _nest(key, value), "command-line override")
     return out

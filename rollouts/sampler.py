@@ -229,7 +229,10 @@ def _decide(
         if adaptive and int(ids[0, x[0].argmax()]) == model.eot_id:
             d["stop"] = True
         else:
-            d["z"] = head.embed(x[0], ids[0], model.lm.get_input_embeddings())
+            res = head.residual_of(h)
+            d["z"] = head.embed(x[0], ids[0], model.lm.get_input_embeddings(), res)
+            if res is not None:
+                d["residual"] = res.float()
         return d
     # hidden head: the stop is a Bernoulli(p(<eot>)) decision under the LM head, then z ~ policy(P(h))
     if adaptive:
@@ -284,6 +287,7 @@ def _pack(
     support = torch.zeros(B, J, k, dtype=torch.long)
     actions = torch.zeros(B, J, width, dtype=torch.float32)
     latent_logp, stop_logp = torch.zeros(B, J), torch.zeros(B, J)
+    residual = torch.zeros(B, J, model.hidden_size) if getattr(head, "residual", False) else None
     action_mask = torch.zeros(B, J, dtype=torch.bool)
     stop_mask = torch.zeros(B, J, dtype=torch.bool)
     for b, ds in enumerate(dec):
@@ -293,6 +297,8 @@ def _pack(
                 actions[b, j, : a.shape[-1]] = a
                 if head.kind == "soft":
                     support[b, j, : d["ids"].shape[-1]] = d["ids"].cpu()
+                if "residual" in d:
+                    residual[b, j] = d["residual"].cpu()
             action_mask[b, j] = d["sampled"]
             latent_logp[b, j] = d["logp"]
             stop_mask[b, j] = d["stop_sampled"]
@@ -326,6 +332,7 @@ def _pack(
         targets=list(targets) if targets is not None else [""] * B,
         support_ids=support,
         actions=actions,
+        latent_residual=residual,
         latent_logp=latent_logp,
         action_mask=action_mask,
         stop_logp=stop_logp,
@@ -381,7 +388,10 @@ def replay(model: Any, traj: Trajectory, policy: LatentPolicy) -> Replayed:
             n = n_lat[b]
             if n:
                 if head.kind == "soft":
-                    z = head.embed(traj.actions[b, :n].to(device), traj.support_ids[b, :n].to(device), emb)
+                    res = None if traj.latent_residual is None else traj.latent_residual[b, :n].to(device)
+                    z = head.embed(
+                        traj.actions[b, :n].to(device), traj.support_ids[b, :n].to(device), emb, res
+                    )
                 else:
                     z = traj.actions[b, :n].to(device, emb.weight.dtype)
                 parts.append(z.to(emb.weight.dtype))

@@ -35,6 +35,7 @@ class Trajectory:
     # latent decisions, j = 0..J-1 (J = the longest sample's decisions)
     support_ids: Tensor  # [B, J, k] int64 (soft head; k = 0 for the hidden head)
     actions: Tensor  # [B, J, k] log-weights x = log y (soft) or [B, J, d] vectors z (hidden)
+    latent_residual: Tensor | None  # [B, J, d] soft head's deterministic channel R(h) (None without it)
     latent_logp: Tensor  # [B, J]
     action_mask: Tensor  # [B, J] bool: decision j sampled an action
     stop_logp: Tensor  # [B, J]
@@ -77,6 +78,7 @@ class Trajectory:
             targets=pick(self.targets),
             support_ids=self.support_ids[t],
             actions=self.actions[t],
+            latent_residual=None if self.latent_residual is None else self.latent_residual[t],
             latent_logp=self.latent_logp[t],
             action_mask=self.action_mask[t],
             stop_logp=self.stop_logp[t],

@@ -77,16 +77,14 @@ def encode_codi(rows: Any, model: Any, cfg: Config) -> tuple[list[CodiRow], int]
         s_text = f" {ANSWER_PREFIX} {answer}" if lc.answer_prefix else f" {answer}"
         s_ids, s_idx = answer_emit_index(tok, s_text, answer)
         n_steps = int(r.get("num_steps") or len(r["steps"]))
-        k = (
-            lc.fixed_steps
-            if lc.fixed_steps > 0
-            else min(lc.max_steps, max(1, n_steps * lc.steps_per_cot_step))
-        )
+        adaptive_k = lc.lead_steps + n_steps * lc.steps_per_cot_step
+        k = lc.fixed_steps if lc.fixed_steps > 0 else min(lc.max_steps, max(1, adaptive_k))
         results = []
-        if (
-            cc.align > 0
-        ):  # with m latent steps per CoT step, the last of each group of m says that step's result
+        if cc.align > 0:
+            # lead steps are free; then, with m latent steps per CoT step, the last of each group of m says
+            # that step's result (fixed-K mode: thought j says step j+1's result)
             m = 1 if lc.fixed_steps > 0 else lc.steps_per_cot_step
+            results = [IGNORE] * (0 if lc.fixed_steps > 0 else lc.lead_steps)
             for v in r["step_results"]:
                 results += [IGNORE] * (m - 1) + [tok(f" {v}", add_special_tokens=False)["input_ids"][0]]
             results = results[:k]
@@ -153,7 +151,7 @@ def student_forward(model: Any, rows: list[CodiRow], gold_mix: float, want_hidde
         logits = dec[-1]
         if head.kind == "soft":
             ids_t, sub = head.support(logits)
-            z = head.embed(torch.log_softmax(sub, -1), ids_t, emb)
+            z = head.embed(torch.log_softmax(sub, -1), ids_t, emb)  # vanilla soft: y = p
         else:
             z = head.mean(h)
         if gold_mix > 0 and rows[0].results:
@@ -161,6 +159,8 @@ def student_forward(model: Any, rows: list[CodiRow], gold_mix: float, want_hidde
             gold = torch.tensor([pad if g == IGNORE else g for g in tgt], device=device)
             has = torch.tensor([g != IGNORE for g in tgt], device=device)[:, None]
             z = torch.where(has, gold_mix * emb(gold) + (1 - gold_mix) * z, z)
+        if head.kind == "soft" and head.residual:
+            z = z + head.residual_of(h)
         active = k > t
         z = torch.where(active[:, None], z, emb.weight[pad].expand_as(z))
         mask = torch.cat([mask, active[:, None].long()], dim=1)
@@ -250,22 +250,22 @@ class CodiRecipe(Recipe):
 
     def prepare(self) -> str:
         cfg, lc, model = self.cfg, self.cfg.latent, self.model
-        if cfg.codi.align > 0 and lc.head != "soft":
-            raise ConfigError("codi.align > 0 (step-aligned thoughts) needs latent.head=soft")
         if HEAD_NAME in model.heads and model.heads[HEAD_NAME].kind != lc.head:
             raise ConfigError(
                 f"train.init_from has a {model.heads[HEAD_NAME].kind} thought head but latent.head={lc.head}"
             )
         if HEAD_NAME not in model.heads:
             head = build_head(
-                lc.head, model.hidden_size, k=lc.support_k, temperature=lc.temperature, project=lc.project
-            )
+                lc.head, model.hidden_size, k=lc.support_k, temperature=lc.temperature, project=lc.project,
+                residual=lc.residual,
+            )  # fmt: skip
             model.heads[HEAD_NAME] = head.to(model.device)
         model.latent_extra["latent"] = {
             "head": lc.head,
             "fixed_steps": lc.fixed_steps,
             "max_steps": lc.max_steps,
             "steps_per_cot_step": lc.steps_per_cot_step,
+            "lead_steps": lc.lead_steps,
             "answer_prefix": lc.answer_prefix,
         }
         if cfg.codi.lora_r > 0:

@@ -59,14 +59,34 @@ class HiddenHead(nn.Module):
 
 
 class SoftHead(nn.Module):
-    """``z = sum_i y_i E[S_i]`` over the top-``k`` support of the LM head (then ``P`` when ``project``)."""
+    """``z = sum_i y_i E[S_i]`` over the top-``k`` support of the LM head (then ``P`` when ``project``).
+
+    ``residual``: ``z = sum_i y_i E[S_i] + R(h)`` with ``R = Linear, GELU, Linear`` (last layer
+    zero-initialised, so training starts from pure soft thoughts). ``y`` stays the explorable,
+    exactly-scored action (a distribution over candidate intermediate values); ``R(h)`` is a deterministic
+    channel for what a single value cannot say (where in the problem the step is). The trajectory stores
+    ``R(h)`` so replay rebuilds ``z`` exactly.
+    """
 
     kind = "soft"
 
-    def __init__(self, d_model: int, k: int = 8, temperature: float = 1.0, project: bool = False) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        k: int = 8,
+        temperature: float = 1.0,
+        project: bool = False,
+        residual: bool = False,
+    ) -> None:
         super().__init__()
-        self.d_model, self.k, self.temperature, self.project = d_model, k, temperature, project
+        self.d_model, self.k, self.temperature = d_model, k, temperature
+        self.project, self.residual = project, residual
         self.proj = Projection(d_model) if project else None
+        self.res = None
+        if residual:
+            self.res = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+            nn.init.zeros_(self.res[2].weight)
+            nn.init.zeros_(self.res[2].bias)
 
     def to_config(self) -> dict[str, Any]:
         return {
@@ -74,6 +94,7 @@ class SoftHead(nn.Module):
             "k": self.k,
             "temperature": self.temperature,
             "project": self.project,
+            "residual": self.residual,
         }
 
     def support(self, logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -82,18 +103,32 @@ class SoftHead(nn.Module):
         sub, ids = torch.topk(logits.float(), k, dim=-1)
         return ids, sub / self.temperature
 
-    def embed(self, action: Tensor, ids: Tensor, embedding: nn.Embedding) -> Tensor:
-        """``z = sum_i exp(x_i) E[S_i]`` for a log-space action ``x`` (``y = exp(x)``)."""
+    def residual_of(self, h: Tensor) -> Tensor | None:
+        """``R(h)``, or None without the residual channel."""
+        return self.res(h) if self.res is not None else None
+
+    def embed(
+        self, action: Tensor, ids: Tensor, embedding: nn.Embedding, residual: Tensor | None = None
+    ) -> Tensor:
+        """``z = sum_i exp(x_i) E[S_i]`` (+ ``residual``) for a log-space action ``x`` (``y = exp(x)``)."""
         e = embedding(ids)  # [..., k, d]
         y = action.exp().to(e.dtype)
         z = (y.unsqueeze(-1) * e).sum(-2)
-        return self.proj(z) if self.proj is not None else z
+        z = self.proj(z) if self.proj is not None else z
+        return z if residual is None else z + residual.to(z.dtype)
 
 
-def build_head(kind: str, d_model: int, k: int = 8, temperature: float = 1.0, project: bool = False):
+def build_head(
+    kind: str,
+    d_model: int,
+    k: int = 8,
+    temperature: float = 1.0,
+    project: bool = False,
+    residual: bool = False,
+):
     """A fresh head of ``kind`` (``hidden`` or ``soft``)."""
     if kind == "hidden":
         return HiddenHead(d_model)
     if kind == "soft":
-        return SoftHead(d_model, k=k, temperature=temperature, project=project)
+        return SoftHead(d_model, k=k, temperature=temperature, project=project, residual=residual)
     raise ValueError(f"unknown thought head {kind!r}; expected 'hidden' or 'soft'")

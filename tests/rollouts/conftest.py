@@ -9,12 +9,16 @@ from rl_latent.model import LatentReasoner
 from rl_latent.model.heads import HEAD_NAME, build_head
 
 
-def make_latent_model(head: str = "soft", arch: str = "llama", seed: int = 0, fixed_steps: int = 0):
+def make_latent_model(
+    head: str = "soft", arch: str = "llama", seed: int = 0, fixed_steps: int = 0, residual: bool = False
+):
     tok = build_tokenizer(max_number=30)
     model = LatentReasoner.from_config(
         arch, tok, n_layer=2, n_embd=32, n_head=2, max_positions=128, seed=seed
     )
-    model.heads[HEAD_NAME] = build_head(head, model.hidden_size, k=6)
+    model.heads[HEAD_NAME] = build_head(head, model.hidden_size, k=6, residual=residual)
+    if residual:  # a trained residual channel is not zero
+        torch.nn.init.normal_(model.heads[HEAD_NAME].res[2].weight, std=0.01)
     model.latent_extra["latent"] = {"head": head, "fixed_steps": fixed_steps, "max_steps": 5}
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

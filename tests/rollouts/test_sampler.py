@@ -8,6 +8,7 @@ from rollouts.sampler import logprob_gap, make_policy, replay, rollout
 CASES = [
     ("soft", "vanilla"),
     ("soft", "gumbel"),
+    ("soft+residual", "gumbel"),
     ("soft", "dirichlet"),
     ("hidden", "vanilla"),
     ("hidden", "gaussian"),
@@ -22,7 +23,8 @@ def _gens(n: int, seed: int = 0) -> list[torch.Generator]:
 @pytest.mark.parametrize("head,policy_name", CASES)
 @pytest.mark.parametrize("fixed_steps", [0, 3])
 def test_replay_reproduces_rollout_logprobs(latent_model, questions, head, policy_name, fixed_steps):
-    model = latent_model(head, fixed_steps=fixed_steps)
+    head, _, residual = head.partition("+")
+    model = latent_model(head, fixed_steps=fixed_steps, residual=bool(residual))
     policy = make_policy(head, policy_name, **KW)
     qs = questions * 4
     traj = rollout(
@@ -37,6 +39,8 @@ def test_replay_reproduces_rollout_logprobs(latent_model, questions, head, polic
         assert set(steps) == {fixed_steps}
     else:
         assert max(steps) <= 5
+        if residual:
+            assert traj.latent_residual is not None and traj.latent_residual.abs().sum() > 0
         if not policy.deterministic:  # 16 sampled rollouts stop at different steps
             assert len(set(steps)) > 1, f"expected varied latent lengths, got {steps}"
     if not policy.deterministic:

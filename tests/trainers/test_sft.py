@@ -120,7 +120,17 @@ def test_nocot_eval_cli_and_pipeline(tmp_path, capsys, shared_data):
     printed = capsys.readouterr().out
     assert "cot_sft" in printed and "no_cot" in printed and "pipeline finished" in printed
     summary = json.loads((out / "pipeline_summary.json").read_text())
-    assert set(summary) == {"cot_sft", "no_cot"}
+    assert set(summary) == {"cot_sft", "no_cot", "codi_hidden", "codi_soft"}
+    assert all(s["steps"] == 3 for s in summary.values())  # the command line wins over stage_overrides
+    assert summary["codi_soft"]["latent_steps"] > 0 and summary["cot_sft"]["latent_steps"] == 0
+
+    ev = tmp_path / "ev-soft"  # a latent model through `rl-latent eval`, with the CODI probe
+    main(["eval", str(out / "codi_soft" / "model"), "--max-problems", "3", "--probe", "3", "--wandb", "none",
+          "--out", str(ev), "--show", "1"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "thought 1:" in printed or "stop?:" in printed
+    rec = json.loads((ev / "samples.jsonl").read_text().splitlines()[0])
+    assert len(rec["latent_top_tokens"][0]) == 3 and rec["latent_steps"] >= 0
 
     ev = tmp_path / "ev"
     main(
