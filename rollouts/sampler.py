@@ -93,15 +93,6 @@ def _top_p_mask(logits: Tensor, top_p: float) -> Tensor:
     return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
 
 
-@dataclass
-class _Row:
-    """One sample's growing record."""
-
-    phase: str = "latent"  # latent -> answer -> done
-    decisions: int = 0
-    latent_steps: int = 0
-
-
 @torch.no_grad()
 def rollout(
     model: Any,
@@ -123,28 +114,25 @@ def rollout(
     """Roll out ``questions`` (raw question text) through the latent phase and the answer.
 
     ``policy`` defaults to the deterministic one (greedy thoughts); ``answer_temperature = 0``
-    answers greedily.
-    ``fixed_steps``/``max_steps`` default to the model's distillation settings. ``generators`` (one per row)
-    makes every row's randomness its own; else ``generator`` (or torch's global one) is shared by the batch.
-    ``probe_k > 0`` records each decision's top tokens under the LM head (the CODI probe).
+    answers greedily. ``fixed_steps``/``max_steps`` default to the model's distillation settings.
+    ``generators`` (one per row) makes every row's randomness its own; else ``generator`` (or torch's global
+    one) is shared by the batch. ``probe_k > 0`` records each decision's top tokens under the LM head (the
+    CODI probe). Every step is batched over the rows in the same phase; only per-row random draws loop.
     """
     head = thought_head(model)
     settings = latent_settings(model)
     fixed = settings["fixed_steps"] if fixed_steps is None else fixed_steps
     cap = fixed if fixed > 0 else (settings["max_steps"] if max_steps is None else max_steps)
     policy = policy or make_policy(head.kind, "vanilla")
-    if head.kind == "hidden" and policy.name not in HEAD_POLICIES["hidden"]:
-        raise ValueError(f"policy {policy.name!r} does not apply to the hidden head")
+    if policy.name not in HEAD_POLICIES[head.kind]:
+        raise ValueError(f"policy {policy.name!r} does not apply to the {head.kind} head")
     if generators is not None and len(generators) != len(questions):
         raise ValueError(f"{len(generators)} generators for {len(questions)} questions")
     tok = model.tokenizer
     device = model.device
     emb = model.lm.get_input_embeddings()
-    eot_vec = emb.weight[model.eot_id]
-    pad_vec = emb.weight[tok.pad_token_id]
     eos = tok.eos_token_id
     B = len(questions)
-    gen_of = (lambda b: generators[b]) if generators is not None else (lambda b: generator)  # noqa: E731
 
     model.eval()
     t0 = time.perf_counter()
@@ -155,42 +143,44 @@ def rollout(
     cache = out.past_key_values
     logits, h = out.logits[:, -1].float(), out.hidden_states[-1][:, -1]
 
-    rows = [_Row() for _ in range(B)]
-    dec: list[list[dict[str, Any]]] = [[] for _ in range(B)]
-    ans: list[list[tuple[int, float]]] = [[] for _ in range(B)]
+    phase = torch.zeros(B, dtype=torch.long, device=device)  # 0 thinking, 1 answering, 2 done
+    n_dec = torch.zeros(B, dtype=torch.long, device=device)
+    n_lat = torch.zeros(B, dtype=torch.long, device=device)
+    n_ans = torch.zeros(B, dtype=torch.long, device=device)
+    decisions: list[tuple[Tensor, Tensor, dict[str, Tensor]]] = []  # (rows, decision index, batched record)
+    answers: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # (rows, position, token, log-prob)
     probe: list[list[list[tuple[str, float]]]] = [[] for _ in range(B)]
     for _ in range(cap + 1 + max_answer_tokens):
-        nxt = torch.empty(B, emb.weight.shape[1], dtype=emb.weight.dtype, device=device)
-        live = torch.ones(B, 1, dtype=mask.dtype, device=device)
-        if probe_k:
-            top = torch.softmax(logits, -1).topk(probe_k, dim=-1)
-        for b, r in enumerate(rows):
-            if r.phase == "latent":
-                if probe_k:
-                    probe[b].append(
-                        [
-                            (tok.decode([i]), round(p, 4))
-                            for i, p in zip(top.indices[b].tolist(), top.values[b].tolist())
-                        ]
-                    )
-                d = _decide(model, head, policy, logits[b], h[b], r.decisions, fixed, cap, gen_of(b))
-                dec[b].append(d)
-                r.decisions += 1
-                if d["stop"]:
-                    nxt[b] = eot_vec
-                    r.phase = "answer"
-                else:
-                    nxt[b] = d["z"]
-                    r.latent_steps += 1
-            elif r.phase == "answer":
-                t, lp = _answer_token(logits[b], answer_temperature, top_p, gen_of(b))
-                ans[b].append((t, lp))
-                nxt[b] = emb.weight[t]
-                if t == eos or len(ans[b]) >= max_answer_tokens:
-                    r.phase = "done"
-            else:
-                nxt[b], live[b] = pad_vec, 0
-        if all(r.phase == "done" for r in rows):
+        think = (phase == 0).nonzero()[:, 0]
+        speak = (phase == 1).nonzero()[:, 0]
+        nxt = emb.weight[tok.pad_token_id].expand(B, -1).clone()
+        live = (phase < 2).long()[:, None]
+        if len(think):
+            if probe_k:
+                top = torch.softmax(logits[think], -1).topk(probe_k, dim=-1)
+                for i, b in enumerate(think.tolist()):
+                    pairs = zip(top.indices[i].tolist(), top.values[i].tolist())
+                    probe[b].append([(tok.decode([t]), round(p, 4)) for t, p in pairs])
+            gens = None if generators is None else [generators[b] for b in think.tolist()]
+            d = _decide(
+                model, head, policy, logits[think], h[think], n_dec[think], fixed, cap, gens, generator
+            )
+            decisions.append((think, n_dec[think].clone(), d))
+            go = ~d["stop"]
+            nxt[think[go]] = d["z"][go].to(nxt.dtype)
+            nxt[think[d["stop"]]] = emb.weight[model.eot_id]
+            n_lat[think[go]] += 1
+            n_dec[think] += 1
+            phase[think[d["stop"]]] = 1
+        if len(speak):
+            gens = None if generators is None else [generators[b] for b in speak.tolist()]
+            t, lp = _answer_tokens(logits[speak], answer_temperature, top_p, gens, generator)
+            answers.append((speak, n_ans[speak].clone(), t, lp))
+            nxt[speak] = emb.weight[t]
+            n_ans[speak] += 1
+            finished = (t == eos) | (n_ans[speak] >= max_answer_tokens)
+            phase[speak[finished]] = 2
+        if bool((phase == 2).all()):
             break
         mask = torch.cat([mask, live], dim=1)
         out = model(
@@ -201,121 +191,116 @@ def rollout(
         logits, h = out.logits[:, -1].float(), out.hidden_states[-1][:, -1]
     wall = time.perf_counter() - t0
     return _pack(
-        model, head, policy, prompt_ids, questions, targets, dec, ans, probe, rows, answer_temperature,
-        wall, weights_version, metadata,
+        model, head, policy, prompt_ids, questions, targets, decisions, answers, probe, n_dec, n_lat, n_ans,
+        answer_temperature, wall, weights_version, metadata,
     )  # fmt: skip
 
 
+def _per_row(fn, params: Tensor, gens: list[torch.Generator] | None, generator: torch.Generator | None):
+    """``fn(params, generator)`` batched, or row by row with each row's own generator (batch invariance)."""
+    if gens is None:
+        return fn(params, generator)
+    outs = [fn(params[i : i + 1], g) for i, g in enumerate(gens)]
+    return tuple(torch.cat(parts) for parts in zip(*outs))
+
+
 def _decide(
-    model: Any, head: Any, policy: LatentPolicy, logits: Tensor, h: Tensor, j: int, fixed: int, cap: int,
-    gen: torch.Generator | None,
-) -> dict[str, Any]:  # fmt: skip
-    """Decision j of one row: stop (next input <eot>) or continue with a sampled thought ``z``."""
-    d: dict[str, Any] = {
-        "stop": False,
-        "logp": 0.0,
-        "stop_logp": 0.0,
-        "sampled": False,
-        "stop_sampled": False,
-    }
-    if j >= cap:  # the cap (or the K of fixed-K mode): a forced stop, no log-prob term
-        d["stop"] = True
-        return d
+    model: Any, head: Any, policy: LatentPolicy, logits: Tensor, h: Tensor, j: Tensor, fixed: int, cap: int,
+    gens: list[torch.Generator] | None, generator: torch.Generator | None,
+) -> dict[str, Tensor]:  # fmt: skip
+    """Decision j of each thinking row: stop (next input <eot>) or continue with a thought ``z``."""
+    R = logits.shape[0]
+    forced = j >= cap  # the cap (or the K of fixed-K mode): a forced stop, no log-prob term
     adaptive = fixed == 0
+    zeros = torch.zeros(R, device=logits.device)
     if head.kind == "soft":
-        ids, sub = head.support(logits[None])
-        x, lp = policy.sample(sub, generator=gen)
-        d.update(ids=ids[0], action=x[0], logp=float(lp[0]), sampled=not policy.deterministic)
-        if adaptive and int(ids[0, x[0].argmax()]) == model.eot_id:
-            d["stop"] = True
-        else:
-            res = head.residual_of(h)
-            d["z"] = head.embed(x[0], ids[0], model.lm.get_input_embeddings(), res)
-            if res is not None:
-                d["residual"] = res.float()
-        return d
+        ids, sub = head.support(logits)
+        x, lp = _per_row(lambda p, g: policy.sample(p, generator=g), sub, gens, generator)
+        said_eot = ids.gather(-1, x.argmax(-1, keepdim=True))[:, 0] == model.eot_id
+        stop = forced | (said_eot if adaptive else torch.zeros_like(forced))
+        z = head.embed(x, ids, model.lm.get_input_embeddings(), head.residual_of(h))
+        sampled = ~forced & (not policy.deterministic)
+        return {"stop": stop, "z": z, "ids": ids, "action": x, "logp": torch.where(sampled, lp, 0.0),
+                "sampled": sampled, "stop_logp": zeros, "stop_sampled": torch.zeros_like(forced),
+                "residual": head.residual_of(h)}  # fmt: skip
     # hidden head: the stop is a Bernoulli(p(<eot>)) decision under the LM head, then z ~ policy(P(h))
+    stop, stop_logp, stop_sampled = forced.clone(), zeros, torch.zeros_like(forced)
     if adaptive:
-        log_p = torch.log_softmax(logits, -1)[model.eot_id]
+        log_p = torch.log_softmax(logits, -1)[:, model.eot_id]
         if policy.deterministic:
-            d["stop"] = bool(log_p.exp() > 0.5)
+            stop = forced | (log_p.exp() > 0.5)
         else:
-            u = torch.rand((), generator=gen, device=logits.device)
-            d["stop"] = bool(u < log_p.exp())
-            d["stop_sampled"] = True
-            d["stop_logp"] = float(log_p if d["stop"] else torch.log1p(-log_p.exp().clamp(max=1 - 1e-7)))
-        if d["stop"]:
-            return d
-    mu = head.mean(h[None]).float()
-    z, lp = policy.sample(mu, generator=gen) if not policy.deterministic else (mu, torch.zeros(1))
-    d.update(action=z[0], logp=float(lp[0]), sampled=not policy.deterministic, z=z[0].to(h.dtype))
-    return d
+            (u,) = _per_row(
+                lambda p, g: (torch.rand(p.shape[0], generator=g, device=p.device),), log_p, gens, generator
+            )
+            said = u < log_p.exp()
+            stop = forced | said
+            stop_sampled = ~forced
+            log_not = torch.log1p(-log_p.exp().clamp(max=1 - 1e-7))
+            stop_logp = torch.where(stop_sampled, torch.where(said, log_p, log_not), 0.0)
+    mu = head.mean(h).float()
+    if policy.deterministic:
+        z, lp = mu, zeros
+    else:
+        z, lp = _per_row(lambda p, g: policy.sample(p, generator=g), mu, gens, generator)
+    sampled = ~stop & (not policy.deterministic)
+    return {"stop": stop, "z": z, "action": z, "logp": torch.where(sampled, lp, 0.0), "sampled": sampled,
+            "stop_logp": stop_logp, "stop_sampled": stop_sampled}  # fmt: skip
 
 
-def _answer_token(
-    logits: Tensor, temperature: float, top_p: float, gen: torch.Generator | None
-) -> tuple[int, float]:
-    """Greedy (temperature 0) or a tempered, nucleus-truncated sample; log-prob under softmax(logits / T)."""
+def _answer_tokens(
+    logits: Tensor, temperature: float, top_p: float, gens: list[torch.Generator] | None,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Greedy (temperature 0) or tempered, nucleus-truncated samples; log-probs under softmax(logits / T)."""
     if temperature <= 0:
-        t = int(logits.argmax())
-        return t, float(torch.log_softmax(logits, -1)[t])
+        t = logits.argmax(-1)
+        return t, torch.log_softmax(logits, -1).gather(-1, t[:, None])[:, 0]
     scaled = logits / temperature
-    t = int(_gumbel_argmax(_top_p_mask(scaled, top_p), gen))
-    return t, float(torch.log_softmax(scaled, -1)[t])
+    (t,) = _per_row(lambda p, g: (_gumbel_argmax(_top_p_mask(p, top_p), g),), scaled, gens, generator)
+    return t, torch.log_softmax(scaled, -1).gather(-1, t[:, None])[:, 0]
 
 
 def _pack(
-    model,
-    head,
-    policy,
-    prompt_ids,
-    questions,
-    targets,
-    dec,
-    ans,
-    probe,
-    rows,
-    temperature,
-    wall,
-    version,
-    meta,
-) -> Trajectory:
-    B = len(rows)
-    J = max(1, max(len(d) for d in dec))
+    model, head, policy, prompt_ids, questions, targets, decisions, answers, probe, n_dec, n_lat, n_ans,
+    temperature, wall, version, meta,
+) -> Trajectory:  # fmt: skip
+    B = len(prompt_ids)
+    J, A = max(1, int(n_dec.max())), max(1, int(n_ans.max()))
     k = head.k if head.kind == "soft" else 0
     width = k if head.kind == "soft" else model.hidden_size
     support = torch.zeros(B, J, k, dtype=torch.long)
-    actions = torch.zeros(B, J, width, dtype=torch.float32)
-    latent_logp, stop_logp = torch.zeros(B, J), torch.zeros(B, J)
+    actions = torch.zeros(B, J, width)
     residual = torch.zeros(B, J, model.hidden_size) if getattr(head, "residual", False) else None
+    latent_logp, stop_logp = torch.zeros(B, J), torch.zeros(B, J)
     action_mask = torch.zeros(B, J, dtype=torch.bool)
     stop_mask = torch.zeros(B, J, dtype=torch.bool)
-    for b, ds in enumerate(dec):
-        for j, d in enumerate(ds):
-            if "action" in d:
-                a = d["action"].float().cpu()
-                actions[b, j, : a.shape[-1]] = a
-                if head.kind == "soft":
-                    support[b, j, : d["ids"].shape[-1]] = d["ids"].cpu()
-                if "residual" in d:
-                    residual[b, j] = d["residual"].cpu()
-            action_mask[b, j] = d["sampled"]
-            latent_logp[b, j] = d["logp"]
-            stop_mask[b, j] = d["stop_sampled"]
-            stop_logp[b, j] = d["stop_logp"]
-    A = max(1, max(len(a) for a in ans))
+    for rows, j, d in decisions:
+        rows, j = rows.cpu(), j.cpu()
+        keep = d["sampled"].cpu() | ~d["stop"].cpu()  # an action that was sampled or fed
+        if head.kind == "soft":
+            support[rows[keep], j[keep], : d["ids"].shape[-1]] = d["ids"][keep.to(d["ids"].device)].cpu()
+        a = d["action"].float().cpu()
+        actions[rows[keep], j[keep], : a.shape[-1]] = a[keep]
+        if residual is not None:
+            residual[rows[keep], j[keep]] = d["residual"].float().cpu()[keep]
+        action_mask[rows, j] = d["sampled"].cpu()
+        latent_logp[rows, j] = d["logp"].float().cpu()
+        stop_mask[rows, j] = d["stop_sampled"].cpu()
+        stop_logp[rows, j] = d["stop_logp"].float().cpu()
     pad = model.tokenizer.pad_token_id
     answer_ids = torch.full((B, A), pad, dtype=torch.long)
     answer_logp = torch.zeros(B, A)
     answer_mask = torch.zeros(B, A, dtype=torch.bool)
-    for b, a in enumerate(ans):
-        if a:
-            answer_ids[b, : len(a)] = torch.tensor([t for t, _ in a])
-            answer_logp[b, : len(a)] = torch.tensor([lp for _, lp in a])
-            answer_mask[b, : len(a)] = True
+    for rows, i, t, lp in answers:
+        rows, i = rows.cpu(), i.cpu()
+        answer_ids[rows, i], answer_logp[rows, i], answer_mask[rows, i] = t.cpu(), lp.float().cpu(), True
     eos = model.tokenizer.eos_token_id
-    answers = [
-        model.tokenizer.decode([t for t, _ in a if t != eos], skip_special_tokens=True).strip() for a in ans
+    texts = [
+        model.tokenizer.decode(
+            [t for t in answer_ids[b, : int(n_ans[b])].tolist() if t != eos], skip_special_tokens=True
+        )
+        for b in range(B)
     ]
     lm_shape = dict(
         n_layer=model.num_layers,
@@ -323,8 +308,8 @@ def _pack(
         d_model=model.hidden_size,
     )
     compute = [
-        generation_compute(len(p), 1 + len(a), latent_steps=r.latent_steps, wall_s=wall / B, **lm_shape)
-        for p, a, r in zip(prompt_ids, ans, rows)
+        generation_compute(len(p), 1 + int(a), latent_steps=int(n), wall_s=wall / B, **lm_shape)
+        for p, a, n in zip(prompt_ids, n_ans.tolist(), n_lat.tolist())
     ]
     return Trajectory(
         prompt_ids=prompt_ids,
@@ -337,11 +322,11 @@ def _pack(
         action_mask=action_mask,
         stop_logp=stop_logp,
         stop_mask=stop_mask,
-        latent_steps=torch.tensor([r.latent_steps for r in rows], dtype=torch.long),
+        latent_steps=n_lat.cpu(),
         answer_ids=answer_ids,
         answer_logp=answer_logp,
         answer_mask=answer_mask,
-        answers=answers,
+        answers=[x.strip() for x in texts],
         head=head.kind,
         policy=policy.name,
         answer_temperature=temperature if temperature > 0 else 1.0,
