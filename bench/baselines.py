@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--difficulty", default=None, help="difficulty level of the generated task")
     ap.add_argument("--data", default=None, help="also score both models on this file (any supported format)")
     ap.add_argument("--budget-s", type=float, default=480.0, help="training seconds per method")
+    ap.add_argument("--steps", type=int, default=1000, help="optimizer steps per method (the LR schedule)")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-baselines"))
     ap.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = ap.parse_args()
@@ -50,6 +51,8 @@ def main() -> None:
     if args.difficulty is not None:
         overrides.append(f"data.difficulty={args.difficulty}")
     cfg = load_config(args.config, overrides)
+    for stage in ("cot_sft", "no_cot"):  # equal steps for both, whatever the demo's stage_overrides say
+        cfg.stage_overrides.setdefault(stage, {})["train.max_steps"] = args.steps
     for stage in ("cot_sft", "no_cot"):  # every bench run starts fresh; only its own stage dirs are removed
         shutil.rmtree(Path(args.out) / stage, ignore_errors=True)
 
