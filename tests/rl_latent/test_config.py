@@ -78,10 +78,17 @@ def test_stage_config_does_not_touch_the_parent():
 
 
 def test_stage_overrides_win_over_stage_defaults_and_are_checked():
-    cfg = load_config(REPO / "configs" / "quickstart.yaml", ["optim.lr=0.5"])
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", ["optim.beta1=0.5"])
     soft = stage_config(cfg, "codi_soft")
     assert soft.train.recipe == "codi" and soft.latent.head == "soft" and soft.codi.align == 1.0
-    assert soft.optim.lr == cfg.stage_overrides["codi_soft"]["optim.lr"] != 0.5
+    assert soft.optim.lr == cfg.stage_overrides["codi_soft"]["optim.lr"] != cfg.optim.lr  # the recipe's YAML
+    assert soft.optim.beta1 == 0.5  # the command line
+    # the command line wins over stage_overrides, except over what defines the stage
+    cli = load_config(REPO / "configs" / "quickstart.yaml", ["optim.lr=0.5", "latent.head=hidden"])
+    assert (
+        stage_config(cli, "codi_soft").optim.lr == 0.5
+        and stage_config(cli, "codi_soft").latent.head == "soft"
+    )
     assert stage_config(cfg, "codi").latent.fixed_steps == 6  # CODI as published
     with pytest.raises(ConfigError, match="unknown stage 'codi_sfot'"):
         load_config(None, ["stage_overrides={codi_sfot: {optim.lr: 1}}"])

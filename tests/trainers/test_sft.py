@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from rl_latent.cli import main
 from rl_latent.config import load_config
-from trainers import sft
+from trainers import recipe, sft
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -70,7 +70,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
     sft.run(whole, progress=False)
 
     crashed = load_config(REPO / "configs/quickstart.yaml", [*common, f"train.output_dir={tmp_path / 'b'}"])
-    real_save = sft.save_checkpoint
+    real_save = recipe.save_checkpoint
 
     def save_then_die(engine, model, run_dir, step, state, keep):
         path = real_save(engine, model, run_dir, step, state, keep=keep)
@@ -78,10 +78,10 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
             raise RuntimeError("simulated crash after the step-3 checkpoint")
         return path
 
-    monkeypatch.setattr(sft, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(recipe, "save_checkpoint", save_then_die)
     with pytest.raises(RuntimeError, match="simulated crash"):
         sft.run(crashed, progress=False)
-    monkeypatch.setattr(sft, "save_checkpoint", real_save)
+    monkeypatch.setattr(recipe, "save_checkpoint", real_save)
     resumed = sft.SFTRecipe(crashed, progress=False)
     resumed.setup()
     assert resumed.step == 3
