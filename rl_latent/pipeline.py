@@ -44,7 +44,7 @@ def run_pipeline(cfg: Config, progress: bool = True) -> dict[str, dict[str, Any]
 
 def format_summary(results: dict[str, dict[str, Any]], seconds: float, path: Path | None = None) -> str:
     """A fixed-width table: one row per stage."""
-    cols = ["accuracy", "positions", "train_seconds", "steps"]
+    cols = ["accuracy", "positions", "latent_steps", "train_seconds", "steps"]
     lines = ["", f"{'stage':<12}" + "".join(f"{c:>15}" for c in cols)]
     for stage, res in results.items():
         cells = []
