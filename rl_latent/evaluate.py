@@ -161,6 +161,12 @@ def evaluate(
                 correct_counts.append(c)
         bar.update(len(batch))
     bar.close()
+    return _result(records, computes, n_samples, correct_counts, ks)
+
+
+def _result(records, computes, n_samples: int, correct_counts: list[int], ks) -> EvalResult:
+    """Accuracy, mean compute and (with samples) the unbiased pass@k over every evaluated problem."""
+    n = len(records)
     metrics: dict[str, float] = {"accuracy": sum(r["correct"] for r in records) / max(1, n), "n": float(n)}
     metrics.update(summarize(computes))
     if n_samples > 1:
@@ -229,8 +235,4 @@ def _evaluate_latent(
                 correct_counts.append(c)
         bar.update(len(batch))
     bar.close()
-    metrics: dict[str, float] = {"accuracy": sum(r["correct"] for r in records) / max(1, n), "n": float(n)}
-    metrics.update(summarize(computes))
-    if n_samples > 1:
-        metrics.update(mean_pass_at_k([n_samples] * n, correct_counts, list(ks)))
-    return EvalResult(metrics=metrics, records=records)
+    return _result(records, computes, n_samples, correct_counts, ks)
