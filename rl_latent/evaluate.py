@@ -155,13 +155,17 @@ def evaluate(
                 temperature=temperature,
                 top_p=top_p,
             )
-            for rec, r, ts in zip(records[-len(batch) :], batch, texts):
-                c = sum(answers_match(extract_answer(t), r["answer"]) for t in ts)
-                rec["samples_correct"] = c
-                correct_counts.append(c)
+            _score_samples(records[-len(batch) :], batch, texts, correct_counts)
         bar.update(len(batch))
     bar.close()
     return _result(records, computes, n_samples, correct_counts, ks)
+
+
+def _score_samples(recs: list[dict], rows: list[dict], outputs: list[list[str]], counts: list[int]) -> None:
+    """Count each problem's correct samples into its record and ``counts`` (the c of pass@k)."""
+    for rec, r, outs in zip(recs, rows, outputs):
+        rec["samples_correct"] = sum(answers_match(extract_answer(t), r["answer"]) for t in outs)
+        counts.append(rec["samples_correct"])
 
 
 def _result(records, computes, n_samples: int, correct_counts: list[int], ks) -> EvalResult:
@@ -228,11 +232,8 @@ def _evaluate_latent(
                 max_answer_tokens=max_new_tokens,
                 answer_temperature=temperature, top_p=top_p,
             )  # fmt: skip
-            for i, (rec, r) in enumerate(zip(records[-len(batch) :], batch)):
-                outs = many.answers[i * n_samples : (i + 1) * n_samples]
-                c = sum(answers_match(extract_answer(t), r["answer"]) for t in outs)
-                rec["samples_correct"] = c
-                correct_counts.append(c)
+            per_row = [many.answers[i * n_samples : (i + 1) * n_samples] for i in range(len(batch))]
+            _score_samples(records[-len(batch) :], batch, per_row, correct_counts)
         bar.update(len(batch))
     bar.close()
     return _result(records, computes, n_samples, correct_counts, ks)
