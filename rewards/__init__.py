@@ -1,2 +1,29 @@
-"""Rewards: the interface, registry and dotted-path loading (base.py), answer correctness and compute cost.
-Built by the RL issue; see DESIGN.md."""
+"""Rewards: the interface, registry and loading (base.py), answer correctness and format (answer.py) and
+compute cost (compute.py). See DESIGN.md, "Rewards"."""
+
+from rewards import answer, compute  # noqa: F401 - fills the registry
+from rewards.base import (
+    ENTRY_POINT_GROUP,
+    REGISTRY,
+    RewardError,
+    RewardSpec,
+    Sample,
+    Scored,
+    load_reward,
+    register,
+    samples_of,
+    score,
+)
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "REGISTRY",
+    "RewardError",
+    "RewardSpec",
+    "Sample",
+    "Scored",
+    "load_reward",
+    "register",
+    "samples_of",
+    "score",
+]
