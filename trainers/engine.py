@@ -41,7 +41,11 @@ def _disable_cpu_shm_comm_op() -> None:
         return
     import deepspeed.ops
 
-    # `__compatible_ops__` is computed once and cached in the module, so this edit is what build_shm_op reads.
+    # `__compatible_ops__` is computed on first access by compiling a probe program per op (seconds to minutes
+    # on a busy machine, in every new process) and cached in the module; the comm backend only asks it about
+    # this op, so when nothing has probed yet we give it the answer and skip the probe.
+    if "__compatible_ops__" not in vars(deepspeed.ops):
+        deepspeed.ops.__compatible_ops__ = {}
     deepspeed.ops.__compatible_ops__[_SHM_OP_NAME] = False
 
 
