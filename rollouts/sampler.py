@@ -345,6 +345,8 @@ class Replayed:
     stop_logp: Tensor  # [B, J]
     answer_logp: Tensor  # [B, A]
     entropy: Tensor  # [B, J] latent-policy entropy at each decision (0 where no action)
+    dec_hidden: Tensor | None = None  # [B, J, d] last hidden state at each decision (replay(hidden=True))
+    ans_hidden: Tensor | None = None  # [B, A, d] ... and at each answer position
 
     def total(self, traj: Trajectory) -> Tensor:
         return (
@@ -354,12 +356,13 @@ class Replayed:
         )
 
 
-def replay(model: Any, traj: Trajectory, policy: LatentPolicy) -> Replayed:
+def replay(model: Any, traj: Trajectory, policy: LatentPolicy, hidden: bool = False) -> Replayed:
     """Recompute every log-prob of ``traj`` under the current weights in one forward pass.
 
     Each latent input is rebuilt as a fixed function of the stored action (soft: ``z = sum_i y_i E[S_i]``;
     hidden: the stored ``z``), detached, so gradients flow only through the log-probs at the stored choices
     (the score-function estimator of GRPO/PPO). Runs with gradients unless called under ``torch.no_grad``.
+    ``hidden=True`` also returns the last hidden state at every decision and answer position (PPO's values).
     """
     head = thought_head(model)
     emb = model.lm.get_input_embeddings()
@@ -394,7 +397,7 @@ def replay(model: Any, traj: Trajectory, policy: LatentPolicy) -> Replayed:
     mask = torch.zeros(B, L, dtype=torch.long, device=device)
     for b, s in enumerate(seqs):
         x[b, : s.shape[0]], mask[b, : s.shape[0]] = s, 1
-    out = model(inputs_embeds=x, attention_mask=mask, output_hidden_states=head.kind == "hidden")
+    out = model(inputs_embeds=x, attention_mask=mask, output_hidden_states=hidden or head.kind == "hidden")
     logits = out.logits.float()
     bidx = torch.arange(B, device=device)[:, None]
     dpos = torch.tensor(dec_pos, device=device).clamp(max=L - 1)
@@ -422,6 +425,8 @@ def replay(model: Any, traj: Trajectory, policy: LatentPolicy) -> Replayed:
         stop_logp=torch.where(traj.stop_mask.to(device), stop_logp, 0.0),
         answer_logp=torch.where(traj.answer_mask.to(device), answer_logp, 0.0),
         entropy=torch.where(am, entropy, 0.0),
+        dec_hidden=out.hidden_states[-1][bidx, dpos] if hidden else None,
+        ans_hidden=out.hidden_states[-1][bidx, apos] if hidden else None,
     )
 
 

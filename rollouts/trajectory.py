@@ -98,3 +98,63 @@ class Trajectory:
             rewards=None if self.rewards is None else self.rewards[t],
             reward_components={k: v[t] for k, v in self.reward_components.items()},
         )
+
+    @staticmethod
+    def concat(parts: list[Trajectory]) -> Trajectory:
+        """Samples of several trajectories in order (e.g. the shards of the rollout workers), padded to the
+        longest latent phase and answer. Head, policy and answer temperature must agree."""
+        if not parts:
+            raise ValueError("Trajectory.concat needs at least one trajectory")
+        first = parts[0]
+        for p in parts[1:]:
+            if (p.head, p.policy, p.answer_temperature) != (
+                first.head,
+                first.policy,
+                first.answer_temperature,
+            ):
+                raise ValueError(
+                    "Trajectory.concat: parts sampled with different heads/policies/temperatures"
+                )
+        J = max(p.latent_logp.shape[1] for p in parts)
+        A = max(p.answer_ids.shape[1] for p in parts)
+
+        def cat(name: str, width: int, dim: int = 1, value: float = 0) -> Tensor:
+            xs = []
+            for p in parts:
+                x = getattr(p, name)
+                pad = [0, 0] * (x.dim() - 1 - dim) + [0, width - x.shape[dim]]
+                xs.append(torch.nn.functional.pad(x, pad, value=value))
+            return torch.cat(xs)
+
+        pads = [p.answer_ids[~p.answer_mask] for p in parts if (~p.answer_mask).any()]
+        pad_id = int(pads[0][0]) if pads else 0  # whatever fills a masked answer slot
+        join = lambda name: [x for p in parts for x in getattr(p, name)]  # noqa: E731
+        rewards = [p.rewards for p in parts]
+        return Trajectory(
+            prompt_ids=join("prompt_ids"),
+            questions=join("questions"),
+            targets=join("targets"),
+            support_ids=cat("support_ids", J),
+            actions=cat("actions", J),
+            latent_residual=None if first.latent_residual is None else cat("latent_residual", J),
+            latent_logp=cat("latent_logp", J),
+            action_mask=cat("action_mask", J),
+            stop_logp=cat("stop_logp", J),
+            stop_mask=cat("stop_mask", J),
+            latent_steps=torch.cat([p.latent_steps for p in parts]),
+            answer_ids=cat("answer_ids", A, value=pad_id),
+            answer_logp=cat("answer_logp", A),
+            answer_mask=cat("answer_mask", A),
+            answers=join("answers"),
+            head=first.head,
+            policy=first.policy,
+            answer_temperature=first.answer_temperature,
+            compute=join("compute"),
+            weights_version=min(p.weights_version for p in parts),
+            metadata=join("metadata"),
+            probe=join("probe") if all(p.probe for p in parts) else [],
+            rewards=None if any(r is None for r in rewards) else torch.cat(rewards),
+            reward_components={
+                k: torch.cat([p.reward_components[k] for p in parts]) for k in first.reward_components
+            },
+        )

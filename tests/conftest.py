@@ -25,3 +25,28 @@ def shared_data() -> Path:
             pytest.fail(f"shared data not found at {SHARED_DATA}")
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the session, bound to loopback (4 logical CPUs: workers and ranks are light here)."""
+    import ray
+
+    from trainers.rl import init_ray
+
+    init_ray(None, 4)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_latent_dirs(tmp_path_factory):
+    """Saved tiny latent models (soft and hidden heads) that Ray workers and trainer ranks load by path."""
+    from tests.rollouts.latent_fixtures import make_latent_model
+
+    root = tmp_path_factory.mktemp("latent_models")
+    out = {}
+    for head in ("soft", "hidden"):
+        make_latent_model(head).save_pretrained(root / head)
+        out[head] = str(root / head)
+    return out

@@ -39,7 +39,7 @@ def test_evaluate_reports_accuracy_pass_at_k_and_compute():
 
 def test_latent_models_are_evaluated_through_the_sampler_with_the_probe():
     from rl_latent.config import LatentConfig
-    from tests.rollouts.conftest import make_latent_model
+    from tests.rollouts.latent_fixtures import make_latent_model
 
     rows = generate_arith(6, seed=3, spec=ArithSpec(num_steps=3, min_steps=1, max_value=30))
     model = make_latent_model("soft")

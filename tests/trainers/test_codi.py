@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerFast
 from rl_latent.config import load_config
 from rl_latent.model import LatentReasoner
 from rl_latent.model.heads import HEAD_NAME
-from tests.rollouts.conftest import make_latent_model
+from tests.rollouts.latent_fixtures import make_latent_model
 from trainers.codi import answer_emit_index, codi_losses, encode_codi, kd_loss, stop_loss, student_forward
 
 CORPUS = ["Tom has 3 apples and buys 21 more. The answer is: 24", "The answer is: 21", "x = 12 , y = 5"] * 50
