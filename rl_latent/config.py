@@ -78,7 +78,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    recipe: str = _f("sft", "training recipe (a file under trainers/)", ("sft", "codi"))
+    recipe: str = _f("sft", "training recipe (a file under trainers/)", ("sft", "codi", "grpo", "ppo"))
     mode: str = _f(
         "cot", "sft: `cot` trains question -> CoT -> answer, `nocot` question -> answer", ("cot", "nocot")
     )
@@ -149,6 +149,45 @@ class CodiConfig:
 
 
 @dataclass
+class RLConfig:
+    prompts_per_step: int = _f(16, "prompts rolled out per RL step (each gives group_size samples)")
+    group_size: int = _f(8, "samples per prompt (the GRPO group)")
+    epochs: int = _f(1, "passes over each step's trajectories")
+    minibatches: int = _f(2, "optimizer steps per epoch (the step's samples split evenly, whole groups)")
+    eps_low: float = _f(0.2, "clip ratio below: r >= 1 - eps_low")
+    eps_high: float = _f(0.28, "clip ratio above: r <= 1 + eps_high (DAPO's clip-higher)")
+    kl_beta: float = _f(
+        0.0, "weight of the k3 KL to the frozen initial policy (0: no reference model loaded)"
+    )
+    dr_grpo: bool = _f(False, "Dr.GRPO advantages: r - mean(group), no division by the group's std")
+    answer_temperature: float = _f(1.0, "sampling temperature of the answer tokens in rollouts (0 = greedy)")
+    rewards: list[Any] = _f(
+        ["correct"],
+        "rewards: names, dotted paths (pkg.mod:fn) or entry points, or {name, weight, kwargs} mappings",
+    )
+    on_reward_error: str = _f(
+        "raise",
+        "a reward that raises/returns NaN on a sample: stop the run, or skip the sample",
+        ("raise", "skip"),
+    )
+    workers: int = _f(1, "Ray rollout workers (each holds a copy of the policy)")
+    worker_cpus: float = _f(1.0, "CPUs reserved per rollout worker (also its torch threads)")
+    worker_gpus: float = _f(0.0, "GPUs per rollout worker (fractions share one GPU)")
+    trainer_ranks: int = _f(1, "trainer ranks: Ray actors forming one DeepSpeed process group")
+    trainer_cpus: float = _f(1.0, "CPUs reserved per trainer rank")
+    trainer_gpus: float = _f(0.0, "GPUs per trainer rank (1 on a GPU machine)")
+    ray_address: str | None = _f(None, "Ray cluster to join (None: the RAY_ADDRESS env or a new local one)")
+    eval_every: int = _f(10, "evaluate pass@k on held-out problems every N RL steps (0 = start and end only)")
+    eval_problems: int = _f(100, "held-out problems per evaluation")
+    eval_n: int = _f(16, "samples per problem for the unbiased pass@k")
+    eval_ks: list[int] = _f([1, 8], "k values of the logged pass@k")
+    gamma: float = _f(1.0, "ppo: discount over a trajectory's positions")
+    lam: float = _f(0.95, "ppo: GAE lambda")
+    vf_coef: float = _f(0.5, "ppo: weight of the value loss")
+    vf_clip: float = _f(0.2, "ppo: value clipping range around the rollout's values (0 = off)")
+
+
+@dataclass
 class EvalConfig:
     split: str = _f("test", "which split to evaluate at the end", ("train", "validation", "test"))
     max_problems: int | None = _f(None, "evaluate at most this many problems (None = all)")
@@ -181,6 +220,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     latent: LatentConfig = field(default_factory=LatentConfig)
     codi: CodiConfig = field(default_factory=CodiConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     stages: list[str] = _f(["cot_sft", "no_cot"], "pipeline stages, chained in order (`rl-latent pipeline`)")
     stage_overrides: dict[str, dict[str, Any]] = _f(
@@ -348,6 +388,19 @@ def validate(cfg: Config) -> None:
         probe = copy.deepcopy(cfg)
         for key, value in over.items():
             _apply(probe, _nest(str(key), value), f"stage_overrides.{stage}")
+    rl = cfg.rl
+    if rl.group_size < 2 and cfg.train.recipe == "grpo":
+        raise ConfigError(f"rl.group_size={rl.group_size}: GRPO needs at least 2 samples per prompt")
+    for key in ("prompts_per_step", "epochs", "minibatches", "workers", "trainer_ranks", "eval_n"):
+        if getattr(rl, key) < 1:
+            raise ConfigError(f"rl.{key}={getattr(rl, key)} must be >= 1")
+    if rl.prompts_per_step % (rl.minibatches * rl.trainer_ranks):
+        raise ConfigError(
+            f"rl.prompts_per_step={rl.prompts_per_step} must divide into rl.minibatches={rl.minibatches} x "
+            f"rl.trainer_ranks={rl.trainer_ranks} (minibatches hold whole groups)"
+        )
+    if rl.eval_n < max(rl.eval_ks):
+        raise ConfigError(f"rl.eval_ks={rl.eval_ks} needs rl.eval_n >= {max(rl.eval_ks)}")
     if cfg.latent.fixed_steps < 0 or cfg.latent.max_steps < 1:
         raise ConfigError("latent.fixed_steps must be >= 0 and latent.max_steps >= 1")
 
@@ -405,6 +458,9 @@ STAGES: dict[str, tuple[str, dict[str, Any], str | None]] = {
         },
         "cot_sft",
     ),  # fmt: skip
+    # RL on the soft thoughts: each one a Gumbel-softmax sample with an exact log-density (trainers/grpo.py).
+    "grpo": ("grpo", {"latent.policy": "gumbel"}, "codi_soft"),
+    "ppo": ("ppo", {"latent.policy": "gumbel"}, "codi_soft"),
 }
 
 

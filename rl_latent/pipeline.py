@@ -15,7 +15,7 @@ from typing import Any
 from rl_latent.config import STAGES, Config, stage_config
 from rl_latent.tracking import plot_bars
 
-RECIPES = {"sft": "trainers.sft", "codi": "trainers.codi"}
+RECIPES = {"sft": "trainers.sft", "codi": "trainers.codi", "grpo": "trainers.grpo", "ppo": "trainers.ppo"}
 
 
 def run_recipe(cfg: Config, progress: bool = True) -> dict[str, Any]:

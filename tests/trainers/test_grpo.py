@@ -1,0 +1,67 @@
+"""GRPO's pure pieces against hand computations, closed forms and Monte Carlo."""
+
+import math
+
+import pytest
+import torch
+
+from trainers.grpo import clipped_surrogate, group_advantages, k3_kl
+
+
+def test_group_advantages_normalise_within_each_group():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    a = group_advantages(r, group_size=4)
+    g1 = r[:4]
+    expect = (g1 - g1.mean()) / (g1.std(unbiased=False) + 1e-6)
+    torch.testing.assert_close(a[:4], expect)
+    assert torch.equal(a[4:], torch.zeros(4))  # a group with one outcome teaches nothing
+
+
+def test_dr_grpo_drops_the_std():
+    r = torch.tensor([3.0, 1.0, 0.0, 0.0])
+    a = group_advantages(r, group_size=2, std_normalize=False)
+    assert a.tolist() == [1.0, -1.0, 0.0, 0.0]
+
+
+def test_skipped_samples_leave_the_group_statistics_and_get_zero():
+    r = torch.tensor([1.0, 0.0, 100.0, 0.0])
+    valid = torch.tensor([True, True, False, True])
+    a = group_advantages(r, group_size=4, valid=valid, std_normalize=False)
+    mean = 1.0 / 3.0
+    torch.testing.assert_close(a, torch.tensor([1 - mean, -mean, 0.0, -mean]))
+
+
+def test_group_advantages_rejects_a_partial_group():
+    with pytest.raises(ValueError, match="groups of 3"):
+        group_advantages(torch.zeros(4), group_size=3)
+
+
+def test_clipped_surrogate_matches_the_ppo_formula_on_both_sides():
+    logp_old = torch.zeros(4)
+    logp = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5]))
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    loss, rho, clipped = clipped_surrogate(logp, logp_old, adv, eps_low=0.2, eps_high=0.28)
+    # A > 0 and rho above 1 + eps_high: capped at 1.28; A < 0 and rho below 1 - eps_low: floored at 0.8
+    torch.testing.assert_close(loss, torch.tensor([-1.28, 1.5, -0.5, 0.8]))
+    assert clipped.tolist() == [True, False, False, True]
+    torch.testing.assert_close(rho, torch.tensor([1.5, 1.5, 0.5, 0.5]))
+
+
+def test_clipped_surrogate_gradient_is_the_score_function_inside_the_clip():
+    logp = torch.tensor([-1.0], requires_grad=True)
+    loss, _, _ = clipped_surrogate(logp, torch.tensor([-1.0]), torch.tensor([2.0]), 0.2, 0.2)
+    loss.sum().backward()
+    assert logp.grad.item() == pytest.approx(-2.0)  # d/dlogp of -rho A at rho = 1
+
+
+def test_k3_is_nonnegative_and_unbiased_for_the_kl():
+    # p = N(0, 1), q = N(0.5, 1.2^2): KL(p || q) in closed form, k3 averaged over samples from p
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400_000, generator=g, dtype=torch.float64)
+    p = torch.distributions.Normal(0.0, 1.0)
+    q = torch.distributions.Normal(0.5, 1.2)
+    k3 = k3_kl(p.log_prob(x), q.log_prob(x))
+    closed = math.log(1.2) + (1 + 0.25) / (2 * 1.44) - 0.5
+    assert (k3 >= 0).all()
+    assert k3.mean().item() == pytest.approx(closed, rel=0.02)
+    assert k3_kl(torch.tensor([-0.3]), torch.tensor([-0.3])).item() == 0.0

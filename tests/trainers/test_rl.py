@@ -1,0 +1,177 @@
+"""The RL loop end to end on a tiny latent model: the real entry point, Ray actors, DeepSpeed ranks, W&B."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rl_latent.cli import main
+from rl_latent.tracking import read_jsonl
+from tests.conftest import REPO
+
+CONFIG = str(REPO / "configs" / "grpo-quickstart.yaml")
+
+
+def _overrides(model_dir: str, out: Path, **extra) -> list[str]:
+    base = {
+        "train.init_from": model_dir,
+        "train.output_dir": str(out),
+        "train.max_steps": 3,
+        "train.save_every": 2,
+        "train.time_budget_s": 0,
+        "data.n_train": 64,
+        "data.n_valid": 8,
+        "data.n_test": 8,
+        "rl.prompts_per_step": 4,
+        "rl.group_size": 4,
+        "rl.eval_every": 2,
+        "rl.eval_problems": 4,
+        "rl.eval_n": 8,
+        "eval.max_new_tokens": 6,
+        "optim.lr": 1e-3,
+        "rl.rewards": "[correct, compute]",  # an untrained model is never correct; its latent steps vary
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "model" / "model.safetensors")
+
+
+def test_grpo_entry_point_logs_everything_and_exports_the_model(
+    ray_local, tiny_latent_dirs, tmp_path, capsys
+):
+    out = tmp_path / "grpo"
+    main(["train", CONFIG, *_overrides(tiny_latent_dirs["soft"], out)])
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{") :])["steps"] == 3  # the summary `rl-latent train` prints
+    rows = read_jsonl(out / "metrics.jsonl")
+    steps = [r for r in rows if "train/reward" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    keys = ["policy/kl", "policy/clipfrac", "policy/entropy", "policy/logprob_gap", "train/correct"]
+    keys += [
+        "train/compute",
+        "timing/rollout",
+        "timing/reward",
+        "timing/update",
+        "timing/sync",
+        "rollout/staleness",
+    ]
+    for key in keys:
+        assert key in steps[0], key
+    assert max(r["policy/logprob_gap"] for r in steps) <= 1e-4
+    assert all(r["rollout/staleness"] == 0 for r in steps)
+    evals = [r["step"] for r in rows if "eval/arith-d2/pass@8" in r]
+    assert evals == [0, 2, 3]  # start, every 2 steps, end
+    assert (out / "pass_at_k.png").stat().st_size > 1000
+    assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3
+    before = load_file(Path(tiny_latent_dirs["soft"]) / "model.safetensors")
+    after = _weights(out)
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy moved
+
+
+def test_two_deepspeed_ranks_take_the_step_one_rank_takes(ray_local, tiny_latent_dirs, tmp_path):
+    runs = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"ranks{ranks}"
+        over = _overrides(
+            tiny_latent_dirs["soft"], out, **{"rl.trainer_ranks": ranks, "rl.trainer_cpus": 1,
+            "rl.minibatches": 1, "train.max_steps": 2, "rl.eval_every": 0, "tracking.wandb": "none"}
+        )  # fmt: skip
+        main(["train", CONFIG, *over])
+        runs[ranks] = _weights(out)
+    # The loss is a mean over the global count of positions: splitting the batch over ranks changes nothing.
+    for k, v in runs[1].items():
+        torch.testing.assert_close(runs[2][k], v, atol=2e-6, rtol=1e-5)
+
+
+def test_ppo_trains_a_value_head_beside_the_policy(ray_local, tiny_latent_dirs, tmp_path):
+    out = tmp_path / "ppo"
+    over = _overrides(
+        tiny_latent_dirs["hidden"], out, **{"train.recipe": "ppo", "latent.policy": "gaussian",
+        "rl.eval_every": 0, "tracking.wandb": "none", "train.max_steps": 2}
+    )  # fmt: skip
+    main(["train", CONFIG, *over])
+    steps = [r for r in read_jsonl(out / "metrics.jsonl") if "train/value_loss" in r]
+    assert len(steps) == 2 and all(r["policy/logprob_gap"] <= 1e-4 for r in steps)
+    assert (out / "model" / "model.safetensors").is_file()
+    ckpt = out / "checkpoints" / "step-000002" / "model"
+    assert (ckpt / "value_head.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    "reward,match",
+    [
+        (
+            "tests.trainers.bad_rewards:raises",
+            r"reward 'tests.trainers.bad_rewards:raises' raised ValueError.* sample 4",
+        ),
+        ("tests.trainers.bad_rewards:half_the_values", r"returned 8 values for 16 samples"),
+        ("no_such_reward", r"unknown reward"),
+    ],
+)
+def test_a_bad_reward_stops_the_run_naming_it(ray_local, tiny_latent_dirs, tmp_path, reward, match):
+    over = _overrides(tiny_latent_dirs["soft"], tmp_path / "bad", **{"rl.rewards": f"[{reward}]"})
+    with pytest.raises(Exception, match=match):
+        main(["train", CONFIG, *over, "tracking.wandb=none"])
+
+
+def test_skip_keeps_training_without_the_bad_samples(ray_local, tiny_latent_dirs, tmp_path):
+    out = tmp_path / "skip"
+    over = _overrides(
+        tiny_latent_dirs["soft"], out, **{"rl.rewards": "[tests.trainers.bad_rewards:raises, correct]",
+        "rl.on_reward_error": "skip", "tracking.wandb": "none", "rl.eval_every": 0}
+    )  # fmt: skip
+    main(["train", CONFIG, *over])
+    steps = [r for r in read_jsonl(out / "metrics.jsonl") if "train/skipped" in r]
+    assert [r["train/skipped"] for r in steps] == [4.0, 4.0, 4.0]  # the 4 samples of prompt 1, each step
+
+
+def _train_cmd(model_dir: str, out: Path) -> list[str]:
+    over = _overrides(model_dir, out, **{"train.max_steps": 4, "rl.eval_every": 0, "tracking.wandb": "none"})
+    return [sys.executable, "-m", "rl_latent.cli", "train", CONFIG, *over]
+
+
+def test_sigkill_and_resume_gives_the_steps_an_uninterrupted_run_gives(tiny_latent_dirs, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_train_cmd(tiny_latent_dirs["soft"], full), env=env, check=True, capture_output=True)
+
+    proc = subprocess.Popen(
+        _train_cmd(tiny_latent_dirs["soft"], killed), env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    latest = killed / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while not (latest.is_file() and latest.read_text().strip() == "step-000002"):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (killed / "model").exists()  # it died mid-run
+
+    subprocess.run(_train_cmd(tiny_latent_dirs["soft"], killed), env=env, check=True, capture_output=True)
+
+    def last_by_step(run: Path) -> dict[int, dict]:
+        rows = {}
+        for r in read_jsonl(run / "metrics.jsonl"):
+            if "train/reward" in r:
+                rows[r["step"]] = {
+                    k: v for k, v in r.items() if not k.startswith(("timing/", "time", "train/sec"))
+                }
+        return rows
+
+    a, b = last_by_step(full), last_by_step(killed)
+    assert a[3] == b[3] and a[4] == b[4]
+    wa, wb = _weights(full), _weights(killed)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -1,0 +1,153 @@
+"""GRPO over latent trajectories: group-normalised advantages, a clipped ratio per stochastic choice, k3 KL.
+
+A trajectory's stochastic choices are its latent actions (Gumbel/Dirichlet log-weights or Gaussian vectors,
+with exact log-densities), its stop decisions (hidden head) and its answer tokens; ``log pi(trajectory)`` is
+their sum. Each choice is one loss position with its own ratio, and the loss is averaged over the global
+count of positions in the minibatch (every rank's), as token-level GRPO/DAPO does with tokens:
+
+    A_i   = (r_i - mean_G r) / (std_G r + eps)            GRPO (Shao et al. 2024, DeepSeekMath, eq. 3)
+    A_i   =  r_i - mean_G r                                Dr.GRPO (Liu et al. 2025): no std division
+    rho_t = exp(log pi(c_t) - log pi_old(c_t))
+    L     = 1/N sum_{i,t} [ -min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i)
+                             + beta KL_k3(pi || pi_ref)_t ]                (clip-higher: DAPO, Yu et al. 2025)
+
+``pi_old`` is the rollout's own log-probs (the workers hold the same weights version, and the replay gap
+``|replay - rollout|`` is logged every step). The driver loop is trainers/rl.py; the per-rank update is
+trainers/learner.py; PPO (trainers/ppo.py) swaps the advantages for GAE over a value head.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rollouts.sampler import Replayed
+from rollouts.trajectory import Trajectory
+
+
+def group_advantages(
+    rewards: Tensor,
+    group_size: int,
+    valid: Tensor | None = None,
+    std_normalize: bool = True,
+    eps: float = 1e-6,
+) -> Tensor:
+    """Per-sample advantages of groups of ``group_size`` consecutive samples (one prompt each).
+
+    A_i = (r_i - mean_g) / (std_g + eps)  (GRPO), or r_i - mean_g  (Dr.GRPO, ``std_normalize=False``);
+    mean/std over the group's valid samples (std unbiased=False); invalid samples get A = 0.
+    """
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.float().view(-1, group_size)
+    v = torch.ones_like(r, dtype=torch.bool) if valid is None else valid.view(-1, group_size)
+    n = v.sum(-1, keepdim=True).clamp(min=1)
+    mean = (r * v).sum(-1, keepdim=True) / n
+    adv = r - mean
+    if std_normalize:
+        std = (((r - mean) ** 2 * v).sum(-1, keepdim=True) / n).sqrt()
+        adv = adv / (std + eps)
+    return torch.where(v, adv, 0.0).view(-1)
+
+
+def positions(latent: Tensor, stop: Tensor, answer: Tensor) -> Tensor:
+    """Per-choice tensors side by side: [B, J] latent, [B, J] stop, [B, A] answer -> [B, 2J + A]."""
+    return torch.cat([latent, stop, answer], dim=-1)
+
+
+def traj_positions(traj: Trajectory) -> tuple[Tensor, Tensor]:
+    """(rollout log-probs, mask) of every stochastic choice, in ``positions`` order."""
+    logp = positions(traj.latent_logp, traj.stop_logp, traj.answer_logp)
+    mask = positions(traj.action_mask, traj.stop_mask, traj.answer_mask)
+    return logp, mask
+
+
+def replay_positions(new: Replayed) -> Tensor:
+    return positions(new.latent_logp, new.stop_logp, new.answer_logp)
+
+
+def clipped_surrogate(
+    logp: Tensor, logp_old: Tensor, adv: Tensor, eps_low: float, eps_high: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-position PPO-clip loss -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A) (Schulman et al. 2017),
+    with the ratio rho = exp(logp - logp_old). Returns (loss, rho, whether the clip was active)."""
+    rho = torch.exp(logp - logp_old)
+    unclipped = rho * adv
+    clipped = rho.clamp(1.0 - eps_low, 1.0 + eps_high) * adv
+    return -torch.minimum(unclipped, clipped), rho, clipped < unclipped
+
+
+def k3_kl(logp: Tensor, logp_ref: Tensor) -> Tensor:
+    """KL(pi || pi_ref) per position, k3 estimator at a sample from pi: exp(d) - d - 1 with d = ref - logp
+    (Schulman 2020, "Approximating KL divergence"): unbiased, always >= 0."""
+    d = logp_ref - logp
+    return torch.exp(d) - d - 1.0
+
+
+class GRPO:
+    """The algorithm object the learner calls: what the engine trains, per-step preparation, the loss."""
+
+    name = "grpo"
+    needs_hidden = False  # PPO's value head reads the replay's hidden states
+    policy_prefix = ""  # where the policy's weights sit in the trained module's state dict
+
+    def __init__(self, rl: Any):
+        self.rl = rl
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the DeepSpeed engine trains (PPO adds a value head)."""
+        return model
+
+    def policy_of(self, module: torch.nn.Module) -> Any:
+        return module
+
+    @torch.no_grad()
+    def prepare(
+        self, module: torch.nn.Module, traj: Trajectory, adv: Tensor, policy: Any
+    ) -> dict[str, Tensor]:
+        """Per-sample tensors the loss needs, computed once per step before any update: [B, ...] each."""
+        _, mask = traj_positions(traj)
+        return {"adv": adv.float()[:, None].expand_as(mask).contiguous()}
+
+    def loss(
+        self,
+        module: torch.nn.Module,
+        traj: Trajectory,
+        prep: dict[str, Tensor],
+        new: Replayed,
+        ref_logp: Tensor | None,
+        n_global: float,
+        world: int,
+    ) -> tuple[Tensor, dict[str, float]]:
+        """The minibatch's loss, scaled so DeepSpeed's mean over ranks gives the mean over N positions."""
+        logp_old, mask = traj_positions(traj)
+        device = new.latent_logp.device
+        logp_old, mask, adv = logp_old.to(device), mask.to(device), prep["adv"].to(device)
+        logp = replay_positions(new)
+        pg, rho, clipped = clipped_surrogate(logp, logp_old, adv, self.rl.eps_low, self.rl.eps_high)
+        per_pos = pg
+        kl = torch.zeros_like(pg)
+        if ref_logp is not None:
+            kl = k3_kl(logp, ref_logp.to(device))
+            per_pos = per_pos + self.rl.kl_beta * kl
+        scale = world / max(n_global, 1.0)
+        loss = (per_pos * mask).sum() * scale
+        m = mask.float()
+        n_local = m.sum().clamp(min=1)
+        am = traj.action_mask.to(device).float()
+        stats = {
+            "pg_loss": float((pg * m).sum() / n_local),
+            "kl": float((kl * m).sum() / n_local),
+            "clipfrac": float((clipped.float() * m).sum() / n_local),
+            "ratio": float((rho.detach() * m).sum() / n_local),
+            "entropy": float((new.entropy.detach() * am).sum() / am.sum().clamp(min=1)),
+        }
+        return loss, stats
+
+
+def run(cfg: Any, progress: bool = True) -> dict[str, Any]:
+    from trainers.rl import run_rl
+
+    return run_rl(cfg, GRPO, progress=progress)
