@@ -108,3 +108,44 @@ def run_dir(cfg: Config) -> Path:
     path = Path(cfg.train.output_dir)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def resumable_checkpoint(cfg: Config, path: Path) -> Path | None:
+    """The run's latest checkpoint, or None; refuses (before anything is written, so a refused run loses
+    nothing) to reuse a run dir without ``train.resume``."""
+    from trainers.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(path)
+    if ckpt is not None and not cfg.train.resume:
+        raise FileExistsError(
+            f"{path} already holds a run (checkpoint {ckpt.name}); pass train.resume=true to "
+            "continue it or choose a new train.output_dir"
+        )
+    return ckpt
+
+
+def engine_from_config(
+    model: torch.nn.Module,
+    cfg: Config,
+    *,
+    total_steps: int,
+    micro_batch_size: int,
+    grad_accum: int | None = None,
+):
+    """The DeepSpeed engine with the config's optimizer, schedule, ZeRO stage and precision."""
+    from trainers.engine import build_engine
+
+    return build_engine(
+        model,
+        lr=cfg.optim.lr,
+        total_steps=total_steps,
+        micro_batch_size=micro_batch_size,
+        grad_accum=cfg.train.grad_accum if grad_accum is None else grad_accum,
+        zero_stage=cfg.train.zero_stage,
+        weight_decay=cfg.optim.weight_decay,
+        betas=(cfg.optim.beta1, cfg.optim.beta2),
+        warmup_steps=cfg.optim.warmup_steps,
+        schedule=cfg.optim.schedule,
+        grad_clip=cfg.optim.grad_clip,
+        precision=cfg.train.precision,
+    )

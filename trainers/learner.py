@@ -39,14 +39,14 @@ def node_address() -> str:
 
 class TrainerRank:
     def __init__(self, cfg: Config, algo_cls: type, model_dir: str, rank: int, world: int, master: tuple):
+        # Ray gives each rank its own GPU (CUDA_VISIBLE_DEVICES), so the local rank is always 0.
         os.environ.update(
-            RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0" if not torch.cuda.is_available() else "0",
-            MASTER_ADDR=master[0], MASTER_PORT=str(master[1]),
+            RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", MASTER_ADDR=master[0],
+            MASTER_PORT=str(master[1]),
         )  # fmt: skip
         torch.set_num_threads(max(1, int(cfg.rl.trainer_cpus)))
         from rl_latent.model import LatentReasoner
-        from trainers.common import seed_everything
-        from trainers.engine import build_engine
+        from trainers.common import engine_from_config, seed_everything
 
         seed_everything(cfg.train.seed)
         self.cfg, self.rank, self.world = cfg, rank, world
@@ -57,19 +57,15 @@ class TrainerRank:
             self.ref = copy.deepcopy(policy).eval().requires_grad_(False)
         self.module = self.algo.wrap(policy)
         rl = cfg.rl
-        self.engine = build_engine(
+        self.engine = engine_from_config(
             self.module,
-            lr=cfg.optim.lr,
-            total_steps=cfg.train.max_steps * rl.epochs * rl.minibatches,
+            cfg,
+            total_steps=cfg.train.max_steps * rl.epochs * rl.minibatches,  # one per minibatch
             micro_batch_size=max(1, rl.prompts_per_step * rl.group_size // (rl.minibatches * world)),
-            zero_stage=cfg.train.zero_stage,
-            weight_decay=cfg.optim.weight_decay,
-            betas=(cfg.optim.beta1, cfg.optim.beta2),
-            warmup_steps=cfg.optim.warmup_steps,
-            schedule=cfg.optim.schedule,
-            grad_clip=cfg.optim.grad_clip,
-            precision=cfg.train.precision,
+            grad_accum=1,  # every minibatch is one optimizer step
         )
+        if self.ref is not None:
+            self.ref.to(self.engine.device)
         lc = cfg.latent
         head = self.policy.heads["thought"].kind
         self.latent_policy = make_policy(

@@ -18,9 +18,9 @@ from rl_latent.config import Config, dump, to_dict
 from rl_latent.data.build import dataset_name, load_splits
 from rl_latent.evaluate import evaluate
 from rl_latent.tracking import Tracker
-from trainers.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from trainers.common import build_model, run_dir, seed_everything
-from trainers.engine import build_engine, init_distributed
+from trainers.checkpoint import load_checkpoint, save_checkpoint
+from trainers.common import build_model, engine_from_config, resumable_checkpoint, run_dir, seed_everything
+from trainers.engine import init_distributed
 
 
 class Recipe:
@@ -45,30 +45,14 @@ class Recipe:
         self.rank, self.world = init_distributed()
         seed_everything(cfg.train.seed)
         self.dir = run_dir(cfg)
-        ckpt = latest_checkpoint(self.dir)  # checked before anything is written: a refused run loses nothing
-        if ckpt is not None and not cfg.train.resume:
-            raise FileExistsError(
-                f"{self.dir} already holds a run (checkpoint {ckpt.name}); pass train.resume=true to "
-                "continue it or choose a new train.output_dir"
-            )
+        ckpt = resumable_checkpoint(cfg, self.dir)
         dump(cfg, self.dir / "config.yaml")
         self.splits = load_splits(cfg.data)
         self.data_name = dataset_name(cfg.data)
         self.model = build_model(cfg, self.splits)
         about = self.prepare()
-        self.engine = build_engine(
-            self.model,
-            lr=cfg.optim.lr,
-            total_steps=cfg.train.max_steps,
-            micro_batch_size=cfg.train.batch_size,
-            grad_accum=cfg.train.grad_accum,
-            zero_stage=cfg.train.zero_stage,
-            weight_decay=cfg.optim.weight_decay,
-            betas=(cfg.optim.beta1, cfg.optim.beta2),
-            warmup_steps=cfg.optim.warmup_steps,
-            schedule=cfg.optim.schedule,
-            grad_clip=cfg.optim.grad_clip,
-            precision=cfg.train.precision,
+        self.engine = engine_from_config(
+            self.model, cfg, total_steps=cfg.train.max_steps, micro_batch_size=cfg.train.batch_size
         )
         self.tracker = Tracker(
             self.dir,

@@ -26,8 +26,7 @@ from rl_latent.data.build import dataset_name, load_splits
 from rl_latent.metrics import answers_match, extract_answer, mean_pass_at_k
 from rl_latent.tracking import Tracker, plot_curves, read_jsonl
 from rollouts.pool import Request, RolloutPool
-from trainers.checkpoint import latest_checkpoint
-from trainers.common import batch_indices, run_dir
+from trainers.common import batch_indices, resumable_checkpoint, run_dir
 from trainers.grpo import group_advantages
 
 TIMING_KEYS = ("rollout", "reward", "update", "sync")
@@ -87,12 +86,7 @@ class RLRun:
 
         cfg, rl = self.cfg, self.cfg.rl
         self.dir = run_dir(cfg)
-        ckpt = latest_checkpoint(self.dir)
-        if ckpt is not None and not cfg.train.resume:
-            raise FileExistsError(
-                f"{self.dir} already holds a run (checkpoint {ckpt.name}); pass train.resume=true to "
-                "continue it or choose a new train.output_dir"
-            )
+        ckpt = resumable_checkpoint(cfg, self.dir)
         model_dir = cfg.train.init_from or cfg.model.name_or_path
         if not model_dir:
             raise ValueError(
@@ -245,6 +239,7 @@ class RLRun:
         res["latent_steps"] = sum(c.latent_steps for c in sampled.compute) / len(sampled.compute)
         res["layer_evals"] = sum(c.layer_evals for c in sampled.compute) / len(sampled.compute)
         res["greedy_latent_steps"] = float(greedy.latent_steps.float().mean())
+        res["positions"] = sum(c.positions for c in greedy.compute) / len(greedy.compute)
         return res
 
     def _eval_and_log(self) -> dict[str, float]:
@@ -316,6 +311,7 @@ class RLRun:
         plot_curves(records, ks, self.dir / "pass_at_k.png", title=f"{self.algo_cls.name}: pass@k vs step")
         summary = {
             "accuracy": final["accuracy"],
+            "positions": final["positions"],
             **{f"pass@{k}": final[f"pass@{k}"] for k in self.cfg.rl.eval_ks},
             "latent_steps": final["latent_steps"],
             "layer_evals": final["layer_evals"],
@@ -331,7 +327,19 @@ class RLRun:
         self.tracker.summary(summary)
         self.tracker.finish()
         self.shutdown()
+        self._say(self._readable(summary))
         return summary
+
+    def _readable(self, s: dict[str, Any]) -> str:
+        """The run in a few lines: start -> end for each metric, then where things are."""
+        lines = [f"{self.algo_cls.name}: {s['steps']} steps in {s['train_seconds']:.0f} s"]
+        for k in ["accuracy", *(f"pass@{k}" for k in self.cfg.rl.eval_ks), "latent_steps"]:
+            start = f"{s[f'start/{k}']:.3f} -> " if f"start/{k}" in s else ""
+            lines.append(f"  {k:<13}{start}{s[k]:.3f}")
+        lines.append(
+            f"  model {s['model_dir']}, pass@k curve {s['plot']}, scalars {self.tracker.metrics_path}"
+        )
+        return "\n".join(lines)
 
     def shutdown(self) -> None:
         import ray

@@ -1,0 +1,138 @@
+"""RL over latent thoughts, one latent policy against another, from the same CODI checkpoint and wall clock.
+
+    python bench/rl.py                                  # quickstart task, 600 s of GRPO per policy
+    python bench/rl.py --task-seed 3 --difficulty 3 --budget-s 1200
+    python bench/rl.py --policies gumbel,gumbel_compute --reuse
+
+1. Start: CoT-SFT, then step-aligned CODI with the soft head (and the hidden head, for the Gaussian policy),
+   checkpointed every 250 steps; the start is the checkpoint whose validation accuracy is closest to 60%
+   inside 40-80% (so that RL has room both ways). ``--reuse`` keeps models already trained in ``--out``.
+2. For each policy, GRPO (trainers/grpo.py, the real Ray + DeepSpeed loop) for ``--budget-s`` training
+   seconds. ``gumbel_compute`` adds the compute reward (a cost per latent step, on correct samples only).
+3. Held-out pass@1 / pass@8 (n = 16 samples per problem, unbiased estimator), greedy accuracy and latent
+   steps at the start and at the end, on the same test problems and the same per-sample seeds.
+
+Prints one JSON object: {policy: {start: {...}, end: {...}, gain: {pass@1, pass@8}, steps, ...}, "task": ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rl_latent.config import load_config, stage_config  # noqa: E402
+from rl_latent.pipeline import run_recipe  # noqa: E402
+from rl_latent.tracking import read_jsonl  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+POLICIES = ("gumbel", "dirichlet", "vanilla", "gaussian", "gumbel_compute")
+HEAD_OF = {"gaussian": "codi_hidden"}  # every other policy samples the soft head
+COMPUTE_REWARD = {"name": "compute", "weight": 0.1, "kwargs": {"unit": "latent_steps", "only_correct": True}}
+KEYS = ("pass@1", "pass@8", "accuracy", "latent_steps")
+
+
+def pick_start(run: Path, lo: float = 0.4, hi: float = 0.8, target: float = 0.6) -> tuple[Path, float]:
+    """The checkpoint whose validation accuracy is closest to ``target`` within [lo, hi]."""
+    found = []
+    for r in read_jsonl(run / "metrics.jsonl"):
+        acc = next((v for k, v in r.items() if k.endswith("-validation/accuracy")), None)
+        ckpt = run / "checkpoints" / f"step-{r['step']:06d}" / "model"
+        if acc is not None and lo <= acc <= hi and ckpt.is_dir():
+            found.append((abs(acc - target), ckpt, acc))
+    if not found:
+        raise SystemExit(
+            f"{run}: no checkpoint scores {lo:.0%}-{hi:.0%} on validation; see its metrics.jsonl"
+        )
+    _, ckpt, acc = min(found, key=lambda x: x[0])
+    return ckpt, acc
+
+
+def train_start(cfg, out: Path, stage: str, steps: int, reuse: bool, init_from: str | None = None) -> Path:
+    run = out / stage
+    if reuse and (run / "model" / "config.json").is_file():
+        return run
+    shutil.rmtree(run, ignore_errors=True)
+    scfg = stage_config(cfg, stage)
+    scfg.train.max_steps, scfg.train.time_budget_s = steps, 0
+    if stage != "cot_sft":  # CODI: evaluate and keep every checkpoint, to pick the start from
+        scfg.train.init_from = init_from
+        scfg.train.eval_every = scfg.train.save_every = 250
+        scfg.train.keep_checkpoints = 0
+    run_recipe(scfg, progress=sys.stderr.isatty())
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"))
+    ap.add_argument("--rl-config", default=str(REPO / "configs" / "grpo-quickstart.yaml"))
+    ap.add_argument("--task-seed", type=int, default=None, help="seed of the generated task (train and test)")
+    ap.add_argument("--difficulty", default=None, help="difficulty level of the generated task")
+    ap.add_argument("--budget-s", type=float, default=600.0, help="GRPO training seconds per policy")
+    ap.add_argument(
+        "--policies", default=",".join(POLICIES), help="comma-separated subset of " + ",".join(POLICIES)
+    )
+    ap.add_argument("--eval-problems", type=int, default=300, help="held-out problems for pass@k")
+    ap.add_argument("--workers", type=int, default=2, help="Ray rollout workers")
+    ap.add_argument("--reuse", action="store_true", help="reuse start models already trained in --out")
+    ap.add_argument("--out", default=str(REPO / "runs" / "bench-rl"))
+    ap.add_argument("overrides", nargs="*", help="dotted overrides of the GRPO config")
+    args = ap.parse_args()
+
+    task = [f"data.seed={args.task_seed}"] if args.task_seed is not None else []
+    task += [f"data.difficulty={args.difficulty}"] if args.difficulty is not None else []
+    out = Path(args.out)
+    base = load_config(args.config, [f"train.output_dir={out}", "tracking.wandb=none", *task])
+    cot = train_start(base, out, "cot_sft", 1000, args.reuse)
+    starts = {}
+    for stage in sorted({HEAD_OF.get(p, "codi_soft") for p in args.policies.split(",") if p}):
+        run = train_start(base, out, stage, 2000, args.reuse, init_from=str(cot / "model"))
+        starts[stage] = pick_start(run)
+
+    results: dict[str, dict] = {}
+    for policy in [p for p in args.policies.split(",") if p]:
+        if policy not in POLICIES:
+            raise SystemExit(f"unknown policy {policy!r}; choose from {POLICIES}")
+        ckpt, start_acc = starts[HEAD_OF.get(policy, "codi_soft")]
+        run = out / f"grpo-{policy}"
+        shutil.rmtree(run, ignore_errors=True)
+        rewards = ["correct", COMPUTE_REWARD] if policy == "gumbel_compute" else ["correct"]
+        cfg = load_config(
+            args.rl_config,
+            [
+                *task, f"train.init_from={ckpt}", f"train.output_dir={run}", "train.max_steps=100000",
+                f"train.time_budget_s={args.budget_s}", "train.save_every=0", "rl.eval_every=0",
+                f"rl.eval_problems={args.eval_problems}", "rl.eval_n=16", "rl.eval_ks=[1,8]",
+                f"rl.workers={args.workers}", "rl.trainer_cpus=2", f"latent.policy={policy.split('_')[0]}",
+                f"rl.rewards={json.dumps(rewards)}", "tracking.wandb=none", *args.overrides,
+            ],
+        )  # fmt: skip
+        summary = run_recipe(cfg, progress=sys.stderr.isatty())
+        start = {k: summary[f"start/{k}"] for k in KEYS}
+        end = {k: summary[k] for k in KEYS}
+        results[policy] = {
+            "start": start,
+            "end": end,
+            "gain": {k: round(end[k] - start[k], 4) for k in ("pass@1", "pass@8", "accuracy")},
+            "latent_steps_change": round(end["latent_steps"] / max(start["latent_steps"], 1e-9) - 1, 4),
+            "rl_steps": summary["steps"],
+            "train_seconds": summary["train_seconds"],
+            "start_checkpoint": str(ckpt),
+            "start_validation_accuracy": start_acc,
+        }
+        print(f"{policy}: {json.dumps(results[policy])}", file=sys.stderr)
+    results["task"] = {"difficulty": base.data.difficulty, "seed": base.data.seed, "budget_s": args.budget_s,
+                       "eval_problems": args.eval_problems, "eval_n": 16}  # fmt: skip
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
