@@ -67,6 +67,7 @@ def grpo_run(
             f"train.time_budget_s={budget_s}", "train.save_every=0", "train.resume=false", "rl.eval_every=0",
             f"rl.prompts_per_step={prompts}", f"rl.group_size={group}", f"rl.eval_problems={eval_problems}",
             "rl.workers=2", "rl.trainer_cpus=2", "tracking.wandb=none", "optim.lr=1e-4",
+            "rl.minibatches=1",  # one optimizer step per generation round, as the TRL run does
         ],
     )  # fmt: skip
     summary = run_recipe(cfg, progress=False)
