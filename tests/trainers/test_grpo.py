@@ -67,7 +67,9 @@ def test_k3_is_nonnegative_and_unbiased_for_the_kl():
     assert k3_kl(torch.tensor([-0.3]), torch.tensor([-0.3])).item() == 0.0
 
 
-@pytest.mark.parametrize("name,kw", [("gumbel", {"tau": 0.5}), ("dirichlet", {"concentration": 10.0, "floor": 0.05})])
+@pytest.mark.parametrize(
+    "name,kw", [("gumbel", {"tau": 0.5}), ("dirichlet", {"concentration": 10.0, "floor": 0.05})]
+)
 def test_grpo_with_exact_densities_learns_a_one_step_bandit(name, kw):
     """The whole score-function path on a bandit: sample soft tokens, reward argmax == 0, group advantages,
     clipped loss on the exact log-density. p(token 0) must rise from 1/8."""

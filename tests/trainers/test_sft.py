@@ -115,7 +115,8 @@ def test_nocot_eval_cli_and_pipeline(tmp_path, capsys, shared_data):
             "train.max_steps=3",
             "train.eval_every=0",
             f"train.output_dir={out}",
-            *("rl.prompts_per_step=4", "rl.group_size=2", "rl.eval_problems=4", "rl.eval_n=8", "rl.workers=1"),
+            *("rl.prompts_per_step=4", "rl.group_size=2", "rl.eval_problems=4", "rl.eval_n=8"),
+            "rl.workers=1",
         ]
     )
     printed = capsys.readouterr().out
