@@ -46,6 +46,9 @@ def test_ray_local_listens_on_loopback_only(ray_local):
 
 def test_ray_job_submit_runs_the_training_entry_point(tiny_latent_dirs, tmp_path):
     port, dash = _free_port(), _free_port()
+    # Every fixed default port too: the session's own local Ray already holds the agents' defaults (52365...).
+    ports = [f"--{name}-port={_free_port()}" for name in ("dashboard-agent-listen", "dashboard-agent-grpc",
+             "metrics-export", "runtime-env-agent", "ray-client-server")]  # fmt: skip
     env = {
         **os.environ,
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # loopback only (README: "Ray on a cluster")
@@ -57,7 +60,8 @@ def test_ray_job_submit_runs_the_training_entry_point(tiny_latent_dirs, tmp_path
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats"],
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats",
+         *ports],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     out = tmp_path / "job"
