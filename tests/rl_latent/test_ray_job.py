@@ -56,6 +56,7 @@ def test_ray_job_submit_runs_the_training_entry_point(tiny_latent_dirs, tmp_path
         "RAY_AUTH_TOKEN": secrets.token_hex(16),
         "RAY_USAGE_STATS_ENABLED": "0",
         "OMP_NUM_THREADS": "1",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the job's `rl-latent` (a venv's bin)
     }
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
