@@ -72,6 +72,7 @@ def generation_compute(
     latent_steps: int = 0,
     wall_s: float = 0.0,
     layers_per_position: Sequence[int] | None = None,
+    extra_flops: float = 0.0,
 ) -> SampleCompute:
     """Compute for one generated sample of ``latent_steps`` latent positions plus ``gen_len`` tokens.
 
@@ -84,8 +85,8 @@ def generation_compute(
     (Kaplan et al. 2020, Table 1, summed over the growing context.) With shortcuts (System-1.5), position
     j runs only l_j = ``layers_per_position[j]`` layers; the per-layer share of Kaplan's count is
     2 N / n_layer + 2 ctx_j d_model, so flops = sum_j l_j (2 N / n_layer + 2 ctx_j d_model) and
-    layer_evals = sum_j l_j (else P n_layer). Keys/values of an exited token copied to deeper layers are
-    not counted.
+    layer_evals = sum_j l_j (else P n_layer). ``extra_flops`` adds what runs beside the blocks (routers,
+    adapters, the key/value projections of an exited token's copied state); it is not a layer evaluation.
     """
     prompt_len = _nonneg_int("prompt_len", prompt_len)
     gen_len = _nonneg_int("gen_len", gen_len)
@@ -118,11 +119,13 @@ def generation_compute(
             ctx = prompt_len + j + 1
             layer_evals += lj
             flops += lj * (2 * n / n_layer + 2 * ctx * d)
+    if extra_flops < 0:
+        raise ValueError(f"extra_flops must be >= 0, got {extra_flops}")
     return SampleCompute(
         positions=positions,
         latent_steps=latent_steps,
         layer_evals=layer_evals,
-        flops=flops,
+        flops=flops + float(extra_flops),
         wall_s=float(wall_s),
     )
 

@@ -78,7 +78,9 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    recipe: str = _f("sft", "training recipe (a file under trainers/)", ("sft", "codi", "grpo", "ppo"))
+    recipe: str = _f(
+        "sft", "training recipe (a file under trainers/)", ("sft", "codi", "shortcut", "grpo", "ppo")
+    )
     mode: str = _f(
         "cot", "sft: `cot` trains question -> CoT -> answer, `nocot` question -> answer", ("cot", "nocot")
     )
@@ -188,6 +190,22 @@ class RLConfig:
 
 
 @dataclass
+class ShortcutConfig:
+    layers: list[int] = _f([], "router + adapter layers; exiting at l skips blocks l.. ([] = every layer)")
+    rank: int = _f(32, "adapter rank (low-rank residual MLP)")
+    router_hidden: int = _f(32, "router MLP width")
+    step: bool = _f(True, "step shortcut: a latent position's exit also reads the previous position's state")
+    lam: float = _f(0.5, "inference exit threshold lambda: a position exits where w > lam (>= 1: never)")
+    match: float = _f(1.0, "weight: every exit state matches the frozen full path's final state")
+    final: float = _f(1.0, "weight: the blended output matches the full path (hidden state + logit KL)")
+    nll: float = _f(1.0, "weight: the answer NLL of the blended output")
+    router: float = _f(1.0, "weight: router BCE against exp(-KL(full || exit) / kl_scale)")
+    compute: float = _f(0.5, "weight: the compute penalty, expected blocks run / n_layer")
+    kl_scale: float = _f(0.1, "router target temperature: an exit with KL = kl_scale gets target 1/e")
+    critical: float = _f(0.1, "critical positions: compute penalty x this, kl_scale x this (kept deep)")
+
+
+@dataclass
 class EvalConfig:
     split: str = _f("test", "which split to evaluate at the end", ("train", "validation", "test"))
     max_problems: int | None = _f(None, "evaluate at most this many problems (None = all)")
@@ -221,6 +239,7 @@ class Config:
     latent: LatentConfig = field(default_factory=LatentConfig)
     codi: CodiConfig = field(default_factory=CodiConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     stages: list[str] = _f(["cot_sft", "no_cot"], "pipeline stages, chained in order (`rl-latent pipeline`)")
     stage_overrides: dict[str, dict[str, Any]] = _f(
@@ -458,6 +477,8 @@ STAGES: dict[str, tuple[str, dict[str, Any], str | None]] = {
         },
         "cot_sft",
     ),  # fmt: skip
+    # System-1.5 stage 2: frozen CODI model, routers and adapters learn where a position can leave the stack.
+    "system15": ("shortcut", {}, "codi_soft"),
     # RL on the soft thoughts: each one a Gumbel-softmax sample with an exact log-density (trainers/grpo.py).
     "grpo": ("grpo", {"latent.policy": "gumbel"}, "codi_soft"),
     "ppo": ("ppo", {"latent.policy": "gumbel"}, "codi_soft"),

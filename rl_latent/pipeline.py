@@ -1,7 +1,8 @@
 """Chain the stages of the framework on one config: each stage is a recipe run in its own output dir,
 starting from the model of the stage it builds on. Ends with a table a person can read.
 
-Stages (see `rl_latent.config.STAGES`): cot_sft, no_cot (baselines), codi, codi_hidden, codi_soft, grpo, ppo.
+Stages (see `rl_latent.config.STAGES`): cot_sft, no_cot (baselines), codi, codi_hidden, codi_soft, system15,
+grpo, ppo.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from typing import Any
 from rl_latent.config import STAGES, Config, stage_config
 from rl_latent.tracking import plot_bars
 
-RECIPES = {"sft": "trainers.sft", "codi": "trainers.codi", "grpo": "trainers.grpo", "ppo": "trainers.ppo"}
+RECIPES = {
+    "sft": "trainers.sft",
+    "codi": "trainers.codi",
+    "shortcut": "trainers.shortcut",
+    "grpo": "trainers.grpo",
+    "ppo": "trainers.ppo",
+}
 
 
 def run_recipe(cfg: Config, progress: bool = True) -> dict[str, Any]:
@@ -44,7 +51,7 @@ def run_pipeline(cfg: Config, progress: bool = True) -> dict[str, dict[str, Any]
 
 def format_summary(results: dict[str, dict[str, Any]], seconds: float, path: Path | None = None) -> str:
     """A fixed-width table: one row per stage."""
-    cols = ["accuracy", "pass@8", "positions", "latent_steps", "train_seconds", "steps"]
+    cols = ["accuracy", "pass@8", "positions", "latent_steps", "layer_evals", "train_seconds", "steps"]
     lines = ["", f"{'stage':<12}" + "".join(f"{c:>15}" for c in cols)]
     for stage, res in results.items():
         cells = []

@@ -22,6 +22,7 @@ from torch import Tensor
 from rl_latent.compute import generation_compute
 from rl_latent.data.format import prompt_text
 from rl_latent.model.heads import HEAD_NAME
+from rl_latent.model.shortcuts import shortcut_flops, shortcut_lambda, shortcut_step
 from rl_latent.policy import LatentPolicy, get_policy
 from rollouts.trajectory import Trajectory
 
@@ -110,6 +111,7 @@ def rollout(
     weights_version: int = 0,
     probe_k: int = 0,
     metadata: list[dict[str, Any]] | None = None,
+    lam: float | None = None,
 ) -> Trajectory:
     """Roll out ``questions`` (raw question text) through the latent phase and the answer.
 
@@ -118,6 +120,8 @@ def rollout(
     ``generators`` (one per row) makes every row's randomness its own; else ``generator`` (or torch's global
     one) is shared by the batch. ``probe_k > 0`` records each decision's top tokens under the LM head (the
     CODI probe). Every step is batched over the rows in the same phase; only per-row random draws loop.
+    A model with System-1.5 shortcuts exits positions early where its routers pass ``lam`` (default: the
+    threshold it was trained with, ``latent_extra["shortcut"]["lam"]``); compute counts the blocks run.
     """
     head = thought_head(model)
     settings = latent_settings(model)
@@ -142,6 +146,9 @@ def rollout(
     out = model(input_ids=ids, attention_mask=mask, use_cache=True, output_hidden_states=True)
     cache = out.past_key_values
     logits, h = out.logits[:, -1].float(), out.hidden_states[-1][:, -1]
+    lam = shortcut_lambda(model, lam)
+    prev = None if lam is None else [hs[:, -1] for hs in out.hidden_states[:-1]] + [None]
+    layers_run: list[list[int]] = [[model.num_layers] for _ in range(B)]  # the prompt's last position: full
 
     phase = torch.zeros(B, dtype=torch.long, device=device)  # 0 thinking, 1 answering, 2 done
     n_dec = torch.zeros(B, dtype=torch.long, device=device)
@@ -183,16 +190,27 @@ def rollout(
         if bool((phase == 2).all()):
             break
         mask = torch.cat([mask, live], dim=1)
-        out = model(
-            inputs_embeds=nxt[:, None], attention_mask=mask, past_key_values=cache, use_cache=True,
-            output_hidden_states=True,
-        )  # fmt: skip
-        cache = out.past_key_values
-        logits, h = out.logits[:, -1].float(), out.hidden_states[-1][:, -1]
+        if lam is None:
+            out = model(
+                inputs_embeds=nxt[:, None], attention_mask=mask, past_key_values=cache, use_cache=True,
+                output_hidden_states=True,
+            )  # fmt: skip
+            cache = out.past_key_values
+            logits, h = out.logits[:, -1].float(), out.hidden_states[-1][:, -1]
+            continue
+        # System-1.5: the position runs until its router says exit; thoughts may reuse the previous state
+        latent_in = torch.zeros(B, dtype=torch.bool, device=device)
+        if len(think):
+            latent_in[think[~d["stop"]]] = True
+        so = shortcut_step(model, nxt[:, None], mask, cache, prev=prev, latent=latent_in, lam=lam)
+        prev = so.states
+        logits, h = so.logits.float(), so.hidden
+        for b in (phase < 2).nonzero()[:, 0].tolist():
+            layers_run[b].append(int(so.blocks_run[b]))
     wall = time.perf_counter() - t0
     return _pack(
         model, head, policy, prompt_ids, questions, targets, decisions, answers, probe, n_dec, n_lat, n_ans,
-        answer_temperature, wall, weights_version, metadata,
+        answer_temperature, wall, weights_version, metadata, layers_run if lam is not None else None,
     )  # fmt: skip
 
 
@@ -263,7 +281,7 @@ def _answer_tokens(
 
 def _pack(
     model, head, policy, prompt_ids, questions, targets, decisions, answers, probe, n_dec, n_lat, n_ans,
-    temperature, wall, version, meta,
+    temperature, wall, version, meta, layers_run=None,
 ) -> Trajectory:  # fmt: skip
     B = len(prompt_ids)
     J, A = max(1, int(n_dec.max())), max(1, int(n_ans.max()))
@@ -308,8 +326,18 @@ def _pack(
         d_model=model.hidden_size,
     )
     compute = [
-        generation_compute(len(p), 1 + int(a), latent_steps=int(n), wall_s=wall / B, **lm_shape)
-        for p, a, n in zip(prompt_ids, n_ans.tolist(), n_lat.tolist())
+        generation_compute(
+            len(p),
+            1 + int(a),
+            latent_steps=int(n),
+            wall_s=wall / B,
+            layers_per_position=None if layers_run is None else layers_run[b][: 1 + int(a) + int(n)],
+            extra_flops=0.0
+            if layers_run is None
+            else shortcut_flops(model, layers_run[b][: 1 + int(a) + int(n)]),
+            **lm_shape,
+        )  # fmt: skip
+        for b, (p, a, n) in enumerate(zip(prompt_ids, n_ans.tolist(), n_lat.tolist()))
     ]
     return Trajectory(
         prompt_ids=prompt_ids,

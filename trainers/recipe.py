@@ -112,6 +112,7 @@ class Recipe:
             "accuracy": res["accuracy"],
             "positions": res["positions"],
             "latent_steps": res["latent_steps"],
+            "layer_evals": res["layer_evals"],
             "train_seconds": round(self.train_seconds, 1),
             "steps": self.step,
             "model_dir": str(final),

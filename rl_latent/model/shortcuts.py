@@ -1,0 +1,263 @@
+"""System-1.5 shortcuts (Wang et al., 2025): routers and adapters that let a position leave the stack early.
+
+Per chosen layer l (``layers``; exiting *at* l means blocks l..L-1 are not run) there is a router
+``w_l = sigmoid(MLP(x_l))`` reading the block's input ``x_l`` and an adapter ``g_l`` whose output ``s_l``
+estimates the top of the stack (the state the final norm and LM head read):
+
+    depth shortcut:  s_l = g_l(x_{l,t})
+    step shortcut:   s_l = g_l(x_{l,t}) + g'_l(x_{l,t-1})   (latent positions: the previous position's state)
+
+One recurrence serves training (soft ``w``) and inference (hard ``w = 1[w_l > lambda]``):
+
+    S_0 = 0, c_0 = 1;  at a router layer:  S <- S + c w s_l,  c <- c (1 - w)
+    x_{l+1} = S + c f_l(x_l)                    (f_l is decoder block l; it caches keys/values of x_l)
+
+``c`` is the probability the position is still computing, so block l runs with probability ``c`` and the
+expected layer evaluations are ``sum_l c_l`` (the compute penalty of stage 2). With hard decisions an exited
+position's state ``S`` is copied up: deeper blocks get its keys and values (computed from ``S`` by the
+block's own K/V projections, without the rest of the block), and the final norm and LM head read it.
+With ``lambda >= 1`` nothing exits and the result equals the full model's exactly (no arithmetic on the
+full path). Choices where the paper is silent are in docs/decisions.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rl_latent.model.layerwise import DecoderAdapter
+
+SHORTCUT_NAME = "shortcuts"
+
+
+class Router(nn.Module):
+    """``w = sigmoid(W2 GELU(W1 LN(x)) + b)``; the bias starts at -4 so a new router almost never exits."""
+
+    def __init__(self, d_model: int, d_hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(d_model), nn.Linear(d_model, d_hidden), nn.GELU(), nn.Linear(d_hidden, 1)
+        )
+        nn.init.constant_(self.net[-1].bias, -4.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).squeeze(-1)
+
+
+class Adapter(nn.Module):
+    """A low-rank residual MLP ``x + U GELU(D LN(x))`` (``residual=False``: no ``x``); U starts at 0."""
+
+    def __init__(self, d_model: int, rank: int, residual: bool = True) -> None:
+        super().__init__()
+        self.residual = residual
+        self.norm = nn.LayerNorm(d_model)
+        self.down = nn.Linear(d_model, rank)
+        self.up = nn.Linear(rank, d_model)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.up(torch.nn.functional.gelu(self.down(self.norm(x))))
+        return x + y if self.residual else y
+
+
+class Shortcuts(nn.Module):
+    """Routers and adapters at ``layers`` of an ``n_layer`` model, stored as
+    ``LatentReasoner.heads["shortcuts"]`` (it round-trips through checkpoints with ``to_config``)."""
+
+    kind = SHORTCUT_NAME
+
+    def __init__(
+        self, d_model: int, n_layer: int, layers: list[int], rank: int = 32, router_hidden: int = 32,
+        step: bool = True,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        bad = [li for li in layers if not 0 <= li < n_layer]
+        if bad or not layers:
+            raise ValueError(f"shortcut layers {layers} must be a non-empty subset of 0..{n_layer - 1}")
+        self.d_model, self.n_layer, self.rank, self.router_hidden = d_model, n_layer, rank, router_hidden
+        self.layers, self.step = sorted(set(layers)), step
+        self.routers = nn.ModuleDict({str(li): Router(d_model, router_hidden) for li in self.layers})
+        self.adapters = nn.ModuleDict({str(li): Adapter(d_model, rank) for li in self.layers})
+        self.step_adapters = nn.ModuleDict(
+            {str(li): Adapter(d_model, rank, residual=False) for li in self.layers} if step else {}
+        )
+
+    def to_config(self) -> dict[str, Any]:
+        return {"d_model": self.d_model, "n_layer": self.n_layer, "layers": self.layers, "rank": self.rank,
+                "router_hidden": self.router_hidden, "step": self.step}  # fmt: skip
+
+    def exit_state(self, li: int, x: Tensor, prev: Tensor | None, latent: Tensor | None) -> Tensor:
+        """``s_l``: the adapter's estimate of the top state; latent rows add the step term of ``prev``."""
+        s = self.adapters[str(li)](x)
+        if self.step and prev is not None and latent is not None and bool(latent.any()):
+            s = s + latent[:, None].to(s.dtype) * self.step_adapters[str(li)](prev)
+        return s
+
+    def flops(self) -> dict[str, float]:
+        """Forward FLOPs (2 per weight) of one router and one exit state (adapter + step adapter)."""
+        count = lambda m: sum(p.numel() for n, p in m.named_parameters() if n.endswith("weight"))  # noqa: E731
+        l0 = str(self.layers[0])
+        adapter = count(self.adapters[l0]) + (count(self.step_adapters[l0]) if self.step else 0)
+        return {"router": 2.0 * count(self.routers[l0]), "exit": 2.0 * adapter}
+
+
+def has_shortcuts(model: Any) -> bool:
+    return SHORTCUT_NAME in getattr(model, "heads", {})
+
+
+def shortcut_lambda(model: Any, lam: float | None = None) -> float | None:
+    """The exit threshold to decode with: ``lam``, else the model's own (``latent_extra["shortcut"]["lam"]``);
+    None (the plain forward) for a model without shortcuts or a threshold nothing can pass."""
+    if not has_shortcuts(model):
+        return None
+    lam = float(model.latent_extra.get("shortcut", {}).get("lam", 0.5) if lam is None else lam)
+    return (
+        None if lam >= 1.0 else lam
+    )  # sigmoid(.) > 1 never holds: the plain forward is the same computation
+
+
+def shortcut_flops(model: Any, blocks_run: list[int]) -> float:
+    """FLOPs beside the blocks for positions that ran ``blocks_run[j]`` blocks: every router reached, one exit
+    state when the position exited, and the key/value projections of its copied state in each skipped
+    block."""
+    sc = model.heads[SHORTCUT_NAME]
+    per = sc.flops()
+    cfg = model.config
+    n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    kv_dim = cfg.hidden_size // cfg.num_attention_heads * n_kv
+    total = 0.0
+    for r in blocks_run:
+        total += per["router"] * sum(1 for li in sc.layers if li <= r and li < model.num_layers)
+        if r < model.num_layers:
+            total += per["exit"] + (model.num_layers - r) * 2.0 * 2 * cfg.hidden_size * kv_dim
+    return total
+
+
+@dataclass
+class StepOut:
+    """One position through the shortcut stack (``B`` rows)."""
+
+    logits: Tensor  # [B, V] from the LM head on the final (normed) state
+    hidden: Tensor  # [B, d] the final normed state (what a thought head reads)
+    states: list[Tensor]  # [B, d] x_0 .. x_L (x_L before the final norm): the next latent step's ``prev``
+    top: Tensor  # [B, d] x_L before the final norm
+    w: dict[int, Tensor] = field(default_factory=dict)  # router outputs (soft) per router layer
+    exits: dict[int, Tensor] = field(default_factory=dict)  # s_l per router layer (soft mode)
+    expected_layers: Tensor | None = None  # [B] sum_l c_l (soft)
+    blocks_run: Tensor | None = None  # [B] int: blocks fully run (hard)
+    exit_layer: Tensor | None = None  # [B] int: the router layer a row exited at (n_layer: none)
+
+
+def kv_only(adapter: DecoderAdapter, idx: int, hidden: Tensor, ctx: Any) -> None:
+    """Cache block ``idx``'s keys and values of ``hidden`` without running the rest of the block (an exited
+    position's copied state still gives later positions something to attend to)."""
+    layer = adapter.layers[idx]
+    cache = ctx.past_key_values
+    if cache is None:
+        return
+    if hasattr(layer, "self_attn"):  # Llama family
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)
+        shape = (*x.shape[:-1], -1, attn.head_dim)
+        k = attn.k_proj(x).view(shape).transpose(1, 2)
+        v = attn.v_proj(x).view(shape).transpose(1, 2)
+        cos, sin = ctx.extra["position_embeddings"]
+        _, k = apply_rotary_pos_emb(k, k, cos, sin)
+    else:  # GPT-2
+        attn = layer.attn
+        _, k, v = attn.c_attn(layer.ln_1(hidden)).split(attn.split_size, dim=2)
+        shape = (*k.shape[:-1], -1, attn.head_dim)
+        k, v = k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)
+    cache.update(k, v, idx)
+
+
+def shortcut_step(
+    model: Any,
+    inputs_embeds: Tensor,
+    attention_mask: Tensor,
+    cache: Any,
+    *,
+    prev: list[Tensor] | None = None,
+    latent: Tensor | None = None,
+    lam: float | None = None,
+    exits: Tensor | None = None,
+) -> StepOut:
+    """Run one new position (``inputs_embeds`` [B, 1, d]) through the stack with shortcuts, on ``cache``.
+
+    Soft (``lam`` None, ``exits`` None): training's blend, differentiable in the router and adapter weights.
+    Hard: a row exits at the first router layer with ``w > lam``; ``exits`` [B] (a router layer per row, or
+    n_layer for none) imposes the exit layers instead, e.g. ones sampled as RL actions. ``prev`` holds the
+    previous position's states x_0..x_L and ``latent`` [B] marks rows whose input is a latent thought (the
+    step shortcut applies to them).
+    """
+    sc = model.heads[SHORTCUT_NAME]
+    ad = model.adapter
+    L = model.num_layers
+    pos = model.position_ids_from_mask(attention_mask)[:, -1:]
+    x, ctx = ad.begin(inputs_embeds, attention_mask, pos, cache, True)
+    x = x[:, 0]
+    B = x.shape[0]
+    hard = lam is not None or exits is not None
+    states = [x]
+    if not hard:
+        S, c = torch.zeros_like(x), torch.ones(B, dtype=x.dtype, device=x.device)
+        ws, ss, expected = {}, {}, torch.zeros(B, dtype=torch.float32, device=x.device)
+        for li in range(L):
+            if li in sc.layers:
+                w = torch.sigmoid(sc.routers[str(li)](x).float()).to(x.dtype)
+                s = sc.exit_state(li, x, None if prev is None else prev[li], latent)
+                ws[li], ss[li] = w, s
+                S = S + (c * w)[:, None] * s
+                c = c * (1 - w)
+            expected = expected + c.float()
+            x = S + c[:, None] * ad.run_layer(li, x[:, None], ctx)[:, 0]
+            states.append(x)
+        top = x
+        out = StepOut(
+            logits=None, hidden=None, states=states, top=top, w=ws, exits=ss, expected_layers=expected
+        )
+    else:
+        done = torch.zeros(B, dtype=torch.bool, device=x.device)
+        run = torch.zeros(B, dtype=torch.long, device=x.device)
+        exit_layer = torch.full((B,), L, dtype=torch.long, device=x.device)
+        for li in range(L):
+            go, s = None, None
+            if li in sc.layers and not bool(done.all()):
+                if exits is not None:
+                    go = (exits == li) & ~done
+                else:
+                    go = (torch.sigmoid(sc.routers[str(li)](x).float()) > lam) & ~done
+                if bool(go.any()):
+                    s = sc.exit_state(li, x, None if prev is None else prev[li], latent)
+                else:
+                    go = None
+            computing = ~done if go is None else ~done & ~go
+            # block l caches keys/values of every row's current state (an exiting row's pre-exit state, an
+            # exited row's copy); its output is kept only for rows still computing
+            if bool(computing.all()):
+                x = ad.run_layer(li, x[:, None], ctx)[:, 0]
+            elif bool(computing.any()):
+                x = torch.where(computing[:, None], ad.run_layer(li, x[:, None], ctx)[:, 0], x)
+            else:
+                kv_only(ad, li, x[:, None], ctx)
+            run = run + computing.long()
+            if go is not None:
+                x = torch.where(go[:, None], s, x)
+                exit_layer = torch.where(go, li, exit_layer)
+                done = done | go
+            states.append(x)
+        top = x
+        out = StepOut(logits=None, hidden=None, states=states, top=top, blocks_run=run, exit_layer=exit_layer)
+    out.hidden = ad.final_norm(top)
+    out.logits = ad.lm_head(out.hidden)
+    return out
+
+
+__all__ = ["SHORTCUT_NAME", "Adapter", "Router", "Shortcuts", "StepOut", "has_shortcuts", "kv_only",
+           "shortcut_step"]  # fmt: skip

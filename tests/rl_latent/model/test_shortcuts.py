@@ -1,0 +1,138 @@
+"""System-1.5 shortcuts: nothing exits -> the full model exactly; exits copy the state up and cache its keys
+and values; soft and hard agree at saturated routers; compute counts what ran; checkpoints round-trip."""
+
+import pytest
+import torch
+
+from rl_latent.model import LatentReasoner
+from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts, kv_only, shortcut_step
+from rollouts.sampler import rollout
+from tests.rollouts.latent_fixtures import QUESTIONS, make_latent_model
+
+ARCHS = ["llama", "gpt2"]
+
+
+def with_shortcuts(arch: str, layers=(0, 1), router_bias: float | None = None) -> LatentReasoner:
+    model = make_latent_model(arch=arch)
+    sc = Shortcuts(model.hidden_size, model.num_layers, list(layers), rank=8, router_hidden=8)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in sc.parameters():  # trained-looking weights: adapters and step adapters are not identities
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        if router_bias is not None:
+            for r in sc.routers.values():
+                r.net[-1].weight.zero_()
+                r.net[-1].bias.fill_(router_bias)
+    model.heads[SHORTCUT_NAME] = sc
+    return model.eval()
+
+
+def _prefill(model, text="a = 3 , b = a + 4 . what is b ?"):
+    ids = torch.tensor([model.tokenizer(text, add_special_tokens=False)["input_ids"] + [model.bot_id]])
+    mask = torch.ones_like(ids)
+    out = model(input_ids=ids, attention_mask=mask, use_cache=True, output_hidden_states=True)
+    return out, mask
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@torch.no_grad()
+def test_nothing_exits_equals_the_full_model_exactly(arch):
+    model = with_shortcuts(arch)
+    ref, mask = _prefill(model)
+    mine, _ = _prefill(model)
+    ref_cache, my_cache = ref.past_key_values, mine.past_key_values
+    prev = [h[:, -1] for h in mine.hidden_states[:-1]] + [None]
+    x = torch.randn(1, 1, model.hidden_size, generator=torch.Generator().manual_seed(0))
+    for _ in range(4):
+        mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1)
+        full = model(inputs_embeds=x, attention_mask=mask, past_key_values=ref_cache, use_cache=True,
+                     output_hidden_states=True)  # fmt: skip
+        so = shortcut_step(model, x, mask, my_cache, prev=prev, latent=torch.tensor([True]), lam=1.0)
+        assert torch.equal(so.logits, full.logits[:, -1])
+        assert torch.equal(so.hidden, full.hidden_states[-1][:, -1])
+        assert int(so.blocks_run[0]) == model.num_layers and int(so.exit_layer[0]) == model.num_layers
+        prev = so.states
+        x = model.embed(full.logits[:, -1:].argmax(-1))
+    for layer in range(model.num_layers):
+        assert torch.equal(ref_cache.layers[layer].keys, my_cache.layers[layer].keys)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_routers_that_never_fire_give_the_full_models_rollout(arch):
+    model = with_shortcuts(arch, router_bias=-30.0)
+    ref = make_latent_model(arch=arch)
+    plain = rollout(ref, QUESTIONS, max_answer_tokens=6)
+    model.latent_extra["shortcut"] = {"lam": 0.5}
+    mine = rollout(model, QUESTIONS, max_answer_tokens=6)
+    assert mine.answers == plain.answers
+    assert torch.equal(mine.actions, plain.actions) and torch.equal(mine.answer_logp, plain.answer_logp)
+    assert [c.layer_evals for c in mine.compute] == [c.layer_evals for c in plain.compute]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@torch.no_grad()
+def test_kv_only_caches_what_the_block_would(arch):
+    model = with_shortcuts(arch)
+    a, mask = _prefill(model)
+    b, _ = _prefill(model)
+    mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1)
+    x = torch.randn(1, 1, model.hidden_size)
+    pos = model.position_ids_from_mask(mask)[:, -1:]
+    _, ctx_a = model.adapter.begin(x, mask, pos, a.past_key_values, True)
+    _, ctx_b = model.adapter.begin(x, mask, pos, b.past_key_values, True)
+    model.adapter.run_layer(1, x, ctx_a)
+    kv_only(model.adapter, 1, x, ctx_b)
+    torch.testing.assert_close(a.past_key_values.layers[1].keys, b.past_key_values.layers[1].keys)
+    torch.testing.assert_close(a.past_key_values.layers[1].values, b.past_key_values.layers[1].values)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@torch.no_grad()
+def test_an_exit_copies_its_state_up_and_soft_matches_hard_at_saturated_routers(arch):
+    fire = with_shortcuts(arch, layers=(1,), router_bias=30.0)  # every position exits at layer 1
+    out, mask = _prefill(fire)
+    soft_cache = _prefill(fire)[0].past_key_values
+    prev = [h[:, -1] for h in out.hidden_states[:-1]] + [None]
+    x = torch.randn(1, 1, fire.hidden_size)
+    mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1)
+    latent = torch.tensor([True])
+    hard = shortcut_step(fire, x, mask, out.past_key_values, prev=prev, latent=latent, lam=0.5)
+    soft = shortcut_step(fire, x, mask, soft_cache, prev=prev, latent=latent)
+    s = fire.heads[SHORTCUT_NAME].exit_state(1, hard.states[1], prev[1], latent)
+    assert int(hard.blocks_run[0]) == 1 and int(hard.exit_layer[0]) == 1
+    torch.testing.assert_close(hard.top, s)  # the exit state, copied to the top
+    torch.testing.assert_close(hard.hidden, fire.adapter.final_norm(s))
+    torch.testing.assert_close(soft.logits, hard.logits, atol=1e-5, rtol=0)
+    assert float(soft.expected_layers[0]) == pytest.approx(1.0, abs=1e-6)
+    for layer in range(fire.num_layers):  # every layer cached this position (deeper ones from the copy)
+        assert out.past_key_values.layers[layer].keys.shape[-2] == mask.shape[1]
+        torch.testing.assert_close(
+            out.past_key_values.layers[layer].keys, soft_cache.layers[layer].keys, atol=1e-5, rtol=0
+        )
+
+
+def test_compute_counts_the_blocks_run_and_batching_changes_nothing():
+    model = with_shortcuts("llama", layers=(1,), router_bias=30.0)
+    L = model.num_layers
+    out = rollout(model, QUESTIONS, max_answer_tokens=6, lam=0.5)
+    full = rollout(model, QUESTIONS, max_answer_tokens=6, lam=1.0)
+    for c, f in zip(out.compute, full.compute):  # (exits change the outputs, so the lengths may differ)
+        assert c.layer_evals == L + (c.positions - 1) * 1  # the prompt's last position runs in full
+        assert f.layer_evals == f.positions * L
+        assert c.flops / c.positions < f.flops / f.positions
+    one = [rollout(model, [q], max_answer_tokens=6, lam=0.5) for q in QUESTIONS]
+    assert [o.answers[0] for o in one] == out.answers
+    assert [o.compute[0].layer_evals for o in one] == [c.layer_evals for c in out.compute]
+
+
+def test_checkpoint_round_trip_keeps_shortcuts_and_lambda(tmp_path):
+    model = with_shortcuts("llama")
+    model.latent_extra["shortcut"] = {"lam": 0.3}
+    model.save_pretrained(tmp_path / "m")
+    back = LatentReasoner.from_pretrained(tmp_path / "m")
+    assert back.latent_extra["shortcut"]["lam"] == 0.3
+    a, b = rollout(model, QUESTIONS, max_answer_tokens=6), rollout(back, QUESTIONS, max_answer_tokens=6)
+    assert a.answers == b.answers and [c.layer_evals for c in a.compute] == [c.layer_evals for c in b.compute]
+    assert any(
+        c.layer_evals < c.positions * model.num_layers for c in a.compute
+    )  # lambda 0.3 exits somewhere
