@@ -100,8 +100,9 @@ def main() -> None:
     print(json.dumps(results, indent=2))
 
 
-def measure(model_dir: str, cfg, latency_problems: int) -> tuple[dict, dict]:
-    """Greedy accuracy and compute on the test split, batch-1 latency, batch-64 throughput."""
+def measure(model_dir: str, cfg, latency_problems: int, lam: float | None = None) -> tuple[dict, dict]:
+    """Greedy accuracy and compute on the test split, batch-1 latency, batch-64 throughput (``lam``: decode a
+    System-1.5 model with this exit threshold)."""
     import torch
 
     from rl_latent.data.build import load_splits
@@ -111,6 +112,8 @@ def measure(model_dir: str, cfg, latency_problems: int) -> tuple[dict, dict]:
     cfg.data.n_train = 0 if cfg.data.task == "arith" else cfg.data.n_train
     test = load_splits(cfg.data)["test"]
     model = LatentReasoner.from_pretrained(model_dir)
+    if lam is not None:
+        model.latent_extra["shortcut"]["lam"] = lam
     kw = dict(max_new_tokens=cfg.eval.max_new_tokens, progress=False, latent=cfg.latent)
     full = evaluate(model, test, batch_size=cfg.eval.batch_size, **kw)
     torch.manual_seed(0)
@@ -131,6 +134,8 @@ def measure(model_dir: str, cfg, latency_problems: int) -> tuple[dict, dict]:
         "accuracy": m["accuracy"],
         "positions": round(m["positions"], 3),
         "latent_steps": round(m["latent_steps"], 3),
+        "layer_evals": round(m["layer_evals"], 3),
+        "flops": round(m["flops"], 1),
         "latency_b1_ms": round(latency_ms, 2),
         "samples_per_s_b64": round(per_s, 1),
         "n_test": len(test),

@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="latent models: top tokens kept per latent step (default eval.probe)",
     )
+    sp.add_argument(
+        "--lam", type=float, default=None,
+        help="System-1.5 models: decode with this exit threshold (default: the model's; >= 1: no exits)",
+    )  # fmt: skip
     sp.set_defaults(fn=_cmd_eval)
     return p
 

@@ -129,6 +129,9 @@ class LatentConfig:
         "gumbel", "latent policy when sampling (pass@k, RL)", ("vanilla", "gumbel", "dirichlet", "gaussian")
     )
     tau: float = _f(0.5, "gumbel: Concrete temperature tau")
+    learn_exits: bool = _f(
+        False, "System-1.5 models in RL: exits are Bernoulli(w) actions with log-probs (else: w > lambda)"
+    )
     concentration: float = _f(10.0, "dirichlet: y ~ Dirichlet(concentration * p + dirichlet_floor)")
     dirichlet_floor: float = _f(0.05, "dirichlet: added to every concentration (keeps log-densities finite)")
     std: float = _f(0.1, "gaussian (hidden head): z ~ N(P(h), std^2 I)")
@@ -420,6 +423,10 @@ def validate(cfg: Config) -> None:
         )
     if rl.eval_n < max(rl.eval_ks):
         raise ConfigError(f"rl.eval_ks={rl.eval_ks} needs rl.eval_n >= {max(rl.eval_ks)}")
+    if cfg.latent.learn_exits and cfg.train.recipe == "ppo":
+        raise ConfigError(
+            "latent.learn_exits works with GRPO (train.recipe=grpo); PPO has no exit values yet"
+        )
     if cfg.latent.fixed_steps < 0 or cfg.latent.max_steps < 1:
         raise ConfigError("latent.fixed_steps must be >= 0 and latent.max_steps >= 1")
 

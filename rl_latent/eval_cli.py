@@ -65,6 +65,12 @@ def run_eval(args: argparse.Namespace) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
 
     model = LatentReasoner.from_pretrained(str(model_dir))
+    if getattr(args, "lam", None) is not None:
+        if "shortcut" not in model.latent_extra:
+            raise SystemExit(
+                f"--lam: {model_dir} has no System-1.5 shortcuts (train it with the system15 stage)"
+            )
+        model.latent_extra["shortcut"]["lam"] = args.lam
     print(f"evaluating {model_dir} on {name} ({len(data)} problems, {n_samples} sample(s) each)")
     t0 = time.perf_counter()
     res = evaluate(

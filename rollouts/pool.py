@@ -91,8 +91,10 @@ class RolloutPool:
         policy_kwargs: dict[str, float],
         answer_temperature: float,
         max_answer_tokens: int,
+        learn_exits: bool = False,
     ) -> Trajectory:
-        """Roll out every request once (sharded over the workers), concatenated in request order."""
+        """Roll out every request once (sharded over the workers), concatenated in request order
+        (``learn_exits``: System-1.5 exits are sampled actions, see ``rollouts.sampler.rollout``)."""
         if not requests:
             raise ValueError("RolloutPool.rollout: no requests")
         ranges = [r for r in shard(len(requests), len(self.workers)) if len(r)]
@@ -108,6 +110,7 @@ class RolloutPool:
                 policy_kwargs,
                 answer_temperature,
                 max_answer_tokens,
+                learn_exits,
             )
 
         parts = self._call_sharded(ranges, call)

@@ -22,7 +22,14 @@ from torch import Tensor
 from rl_latent.compute import generation_compute
 from rl_latent.data.format import prompt_text
 from rl_latent.model.heads import HEAD_NAME
-from rl_latent.model.shortcuts import shortcut_flops, shortcut_lambda, shortcut_step
+from rl_latent.model.shortcuts import (
+    SHORTCUT_NAME,
+    has_shortcuts,
+    shortcut_flops,
+    shortcut_forward,
+    shortcut_lambda,
+    shortcut_step,
+)
 from rl_latent.policy import LatentPolicy, get_policy
 from rollouts.trajectory import Trajectory
 
@@ -112,6 +119,7 @@ def rollout(
     probe_k: int = 0,
     metadata: list[dict[str, Any]] | None = None,
     lam: float | None = None,
+    learn_exits: bool = False,
 ) -> Trajectory:
     """Roll out ``questions`` (raw question text) through the latent phase and the answer.
 
@@ -122,6 +130,8 @@ def rollout(
     CODI probe). Every step is batched over the rows in the same phase; only per-row random draws loop.
     A model with System-1.5 shortcuts exits positions early where its routers pass ``lam`` (default: the
     threshold it was trained with, ``latent_extra["shortcut"]["lam"]``); compute counts the blocks run.
+    ``learn_exits`` samples the exits instead (Bernoulli(w) per router: the RL action of latent.learn_exits)
+    and stores each position's exit layer and log-prob in the trajectory.
     """
     head = thought_head(model)
     settings = latent_settings(model)
@@ -146,9 +156,12 @@ def rollout(
     out = model(input_ids=ids, attention_mask=mask, use_cache=True, output_hidden_states=True)
     cache = out.past_key_values
     logits, h = out.logits[:, -1].float(), out.hidden_states[-1][:, -1]
+    sample_exits = learn_exits and has_shortcuts(model)
     lam = shortcut_lambda(model, lam)
-    prev = None if lam is None else [hs[:, -1] for hs in out.hidden_states[:-1]] + [None]
+    shortcuts = sample_exits or lam is not None
+    prev = [hs[:, -1] for hs in out.hidden_states[:-1]] + [None] if shortcuts else None
     layers_run: list[list[int]] = [[model.num_layers] for _ in range(B)]  # the prompt's last position: full
+    exit_record: list[list[tuple[int, float]]] = [[] for _ in range(B)]  # per fed position: (layer, log-prob)
 
     phase = torch.zeros(B, dtype=torch.long, device=device)  # 0 thinking, 1 answering, 2 done
     n_dec = torch.zeros(B, dtype=torch.long, device=device)
@@ -190,7 +203,7 @@ def rollout(
         if bool((phase == 2).all()):
             break
         mask = torch.cat([mask, live], dim=1)
-        if lam is None:
+        if not shortcuts:
             out = model(
                 inputs_embeds=nxt[:, None], attention_mask=mask, past_key_values=cache, use_cache=True,
                 output_hidden_states=True,
@@ -202,15 +215,24 @@ def rollout(
         latent_in = torch.zeros(B, dtype=torch.bool, device=device)
         if len(think):
             latent_in[think[~d["stop"]]] = True
-        so = shortcut_step(model, nxt[:, None], mask, cache, prev=prev, latent=latent_in, lam=lam)
+        u = None
+        if sample_exits:  # every row draws one uniform per router at every position (fixed RNG use)
+            n_r = len(model.heads[SHORTCUT_NAME].layers)
+            (u,) = _per_row(
+                lambda p, g, n=n_r: (torch.rand(p.shape[0], n, generator=g, device=p.device),), nxt,
+                generators, generator,
+            )  # fmt: skip
+        so = shortcut_step(model, nxt[:, None], mask, cache, prev=prev, latent=latent_in, lam=lam, uniforms=u)
         prev = so.states
         logits, h = so.logits.float(), so.hidden
         for b in (phase < 2).nonzero()[:, 0].tolist():
             layers_run[b].append(int(so.blocks_run[b]))
+            exit_record[b].append((int(so.exit_layer[b]), float(so.exit_logp[b])))
     wall = time.perf_counter() - t0
     return _pack(
         model, head, policy, prompt_ids, questions, targets, decisions, answers, probe, n_dec, n_lat, n_ans,
-        answer_temperature, wall, weights_version, metadata, layers_run if lam is not None else None,
+        answer_temperature, wall, weights_version, metadata, layers_run if shortcuts else None,
+        exit_record if sample_exits else None,
     )  # fmt: skip
 
 
@@ -281,7 +303,7 @@ def _answer_tokens(
 
 def _pack(
     model, head, policy, prompt_ids, questions, targets, decisions, answers, probe, n_dec, n_lat, n_ans,
-    temperature, wall, version, meta, layers_run=None,
+    temperature, wall, version, meta, layers_run=None, exit_record=None,
 ) -> Trajectory:  # fmt: skip
     B = len(prompt_ids)
     J, A = max(1, int(n_dec.max())), max(1, int(n_ans.max()))
@@ -339,7 +361,22 @@ def _pack(
         )  # fmt: skip
         for b, (p, a, n) in enumerate(zip(prompt_ids, n_ans.tolist(), n_lat.tolist()))
     ]
+    exits = {}
+    if exit_record is not None:  # fed positions z_1..z_n, <eot>, a_0..a_{A-2}: n + A of them per row
+        P = max(1, max(len(r) for r in exit_record))
+        exits = {
+            "exit_layers": torch.full((B, P), model.num_layers, dtype=torch.long),
+            "exit_logp": torch.zeros(B, P),
+            "exit_mask": torch.zeros(B, P, dtype=torch.bool),
+        }
+        for b, rec in enumerate(exit_record):
+            rec = rec[: int(n_lat[b]) + int(n_ans[b])]
+            if rec:
+                exits["exit_layers"][b, : len(rec)] = torch.tensor([r[0] for r in rec])
+                exits["exit_logp"][b, : len(rec)] = torch.tensor([r[1] for r in rec])
+                exits["exit_mask"][b, : len(rec)] = True
     return Trajectory(
+        **exits,
         prompt_ids=prompt_ids,
         questions=list(questions),
         targets=list(targets) if targets is not None else [""] * B,
@@ -375,13 +412,17 @@ class Replayed:
     entropy: Tensor  # [B, J] latent-policy entropy at each decision (0 where no action)
     dec_hidden: Tensor | None = None  # [B, J, d] last hidden state at each decision (replay(hidden=True))
     ans_hidden: Tensor | None = None  # [B, A, d] ... and at each answer position
+    exit_logp: Tensor | None = None  # [B, P] System-1.5 exit decisions, when they were sampled
 
     def total(self, traj: Trajectory) -> Tensor:
-        return (
+        total = (
             (self.latent_logp * traj.action_mask).sum(-1)
             + (self.stop_logp * traj.stop_mask).sum(-1)
             + (self.answer_logp * traj.answer_mask).sum(-1)
         )
+        if self.exit_logp is not None:
+            total = total + (self.exit_logp * traj.exit_mask.to(self.exit_logp.device)).sum(-1)
+        return total
 
 
 def replay(model: Any, traj: Trajectory, policy: LatentPolicy, hidden: bool = False) -> Replayed:
@@ -425,7 +466,13 @@ def replay(model: Any, traj: Trajectory, policy: LatentPolicy, hidden: bool = Fa
     mask = torch.zeros(B, L, dtype=torch.long, device=device)
     for b, s in enumerate(seqs):
         x[b, : s.shape[0]], mask[b, : s.shape[0]] = s, 1
-    out = model(inputs_embeds=x, attention_mask=mask, output_hidden_states=hidden or head.kind == "hidden")
+    exit_logp = None
+    if traj.exit_logp is not None:  # System-1.5 exits were actions: replay with the stored exit layers
+        out, exit_logp = _replay_exits(model, traj, x, mask, n_lat)
+    else:
+        out = model(
+            inputs_embeds=x, attention_mask=mask, output_hidden_states=hidden or head.kind == "hidden"
+        )
     logits = out.logits.float()
     bidx = torch.arange(B, device=device)[:, None]
     dpos = torch.tensor(dec_pos, device=device).clamp(max=L - 1)
@@ -453,9 +500,32 @@ def replay(model: Any, traj: Trajectory, policy: LatentPolicy, hidden: bool = Fa
         stop_logp=torch.where(traj.stop_mask.to(device), stop_logp, 0.0),
         answer_logp=torch.where(traj.answer_mask.to(device), answer_logp, 0.0),
         entropy=torch.where(am, entropy, 0.0),
+        exit_logp=None if exit_logp is None else torch.where(traj.exit_mask.to(device), exit_logp, 0.0),
         dec_hidden=out.hidden_states[-1][bidx, dpos] if hidden else None,
         ans_hidden=out.hidden_states[-1][bidx, apos] if hidden else None,
     )
+
+
+def _replay_exits(model: Any, traj: Trajectory, x: Tensor, mask: Tensor, n_lat: list[int]):
+    """The replay forward with each fed position's stored exit layer (prompt positions run in full); returns
+    an HF-like output (logits, hidden_states[-1]) and the exit log-probs at the fed positions [B, P]."""
+    from types import SimpleNamespace
+
+    B, T = mask.shape
+    P = traj.exit_logp.shape[1]
+    p_len = torch.tensor([len(p) for p in traj.prompt_ids])
+    idx = (p_len[:, None] + torch.arange(P)[None]).clamp(max=T - 1)  # fed position k sits at p_len + k
+    rows = torch.arange(B)[:, None]
+    exits = torch.full((B, T), model.num_layers, dtype=torch.long)
+    stored = torch.where(traj.exit_mask, traj.exit_layers, model.num_layers)
+    exits[rows.expand_as(idx)[traj.exit_mask], idx[traj.exit_mask]] = stored[traj.exit_mask]
+    latent = torch.zeros(B, T, dtype=torch.bool)
+    for b, n in enumerate(n_lat):
+        latent[b, len(traj.prompt_ids[b]) : len(traj.prompt_ids[b]) + n] = True
+    dev = x.device
+    logits, hid, logp = shortcut_forward(model, x, mask, exits.to(dev), latent.to(dev))
+    out = SimpleNamespace(logits=logits, hidden_states=(hid,))
+    return out, logp[rows.to(dev), idx.to(dev)]
 
 
 def logprob_gap(traj: Trajectory, new: Replayed) -> float:
@@ -465,6 +535,8 @@ def logprob_gap(traj: Trajectory, new: Replayed) -> float:
         ((new.stop_logp.detach().cpu() - traj.stop_logp) * traj.stop_mask).abs().max(),
         ((new.answer_logp.detach().cpu() - traj.answer_logp) * traj.answer_mask).abs().max(),
     ]
+    if traj.exit_logp is not None and new.exit_logp is not None:
+        gaps.append(((new.exit_logp.detach().cpu() - traj.exit_logp) * traj.exit_mask).abs().max())
     return float(torch.stack(gaps).max())
 
 

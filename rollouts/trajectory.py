@@ -54,6 +54,10 @@ class Trajectory:
     weights_version: int = 0
     metadata: list[dict[str, Any]] = field(default_factory=list)
     probe: list[list[list[tuple[str, float]]]] = field(default_factory=list)  # [b][j] -> top tokens
+    # System-1.5 exits sampled as actions (latent.learn_exits), per fed position z_1..z_n, <eot>, a_0..a_{A-2}
+    exit_layers: Tensor | None = None  # [B, P] int64: the router layer the position exited at (n_layer: none)
+    exit_logp: Tensor | None = None  # [B, P] log-prob of its Bernoulli exit decisions
+    exit_mask: Tensor | None = None  # [B, P] bool
     rewards: Tensor | None = None  # [B], set by rewards/
     reward_components: dict[str, Tensor] = field(default_factory=dict)
 
@@ -61,12 +65,15 @@ class Trajectory:
         return len(self.prompt_ids)
 
     def logp(self) -> Tensor:
-        """``log pi(trajectory)`` per sample: latent actions + stop decisions + answer tokens."""
-        return (
+        """``log pi(trajectory)`` per sample: latent actions + stop decisions + answer tokens (+ exits)."""
+        total = (
             (self.latent_logp * self.action_mask).sum(-1)
             + (self.stop_logp * self.stop_mask).sum(-1)
             + (self.answer_logp * self.answer_mask).sum(-1)
         )
+        if self.exit_logp is not None:
+            total = total + (self.exit_logp * self.exit_mask).sum(-1)
+        return total
 
     def select(self, idx: list[int]) -> Trajectory:
         """The samples at ``idx`` (tensors sliced, text and compute picked), e.g. a minibatch."""
@@ -95,6 +102,9 @@ class Trajectory:
             weights_version=self.weights_version,
             metadata=pick(self.metadata),
             probe=pick(self.probe),
+            exit_layers=None if self.exit_layers is None else self.exit_layers[t],
+            exit_logp=None if self.exit_logp is None else self.exit_logp[t],
+            exit_mask=None if self.exit_mask is None else self.exit_mask[t],
             rewards=None if self.rewards is None else self.rewards[t],
             reward_components={k: v[t] for k, v in self.reward_components.items()},
         )
@@ -115,8 +125,11 @@ class Trajectory:
                 raise ValueError(
                     "Trajectory.concat: parts sampled with different heads/policies/temperatures"
                 )
+        if len({p.exit_logp is None for p in parts}) > 1:
+            raise ValueError("Trajectory.concat: some parts sampled their exits and some did not")
         J = max(p.latent_logp.shape[1] for p in parts)
         A = max(p.answer_ids.shape[1] for p in parts)
+        P = max((p.exit_logp.shape[1] for p in parts if p.exit_logp is not None), default=0)
 
         def cat(name: str, width: int, dim: int = 1, value: float = 0) -> Tensor:
             xs = []
@@ -153,6 +166,15 @@ class Trajectory:
             weights_version=min(p.weights_version for p in parts),
             metadata=join("metadata"),
             probe=join("probe") if all(p.probe for p in parts) else [],
+            **(
+                {}
+                if first.exit_logp is None
+                else {
+                    "exit_layers": cat("exit_layers", P, value=first.exit_layers.max().item()),
+                    "exit_logp": cat("exit_logp", P),
+                    "exit_mask": cat("exit_mask", P),
+                }
+            ),
             rewards=None if any(r is None for r in rewards) else torch.cat(rewards),
             reward_components={
                 k: torch.cat([p.reward_components[k] for p in parts]) for k in first.reward_components

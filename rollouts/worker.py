@@ -108,6 +108,7 @@ class RolloutWorker:
         policy_kwargs: dict[str, float],
         answer_temperature: float,
         max_answer_tokens: int,
+        learn_exits: bool = False,
     ) -> Trajectory:
         """Roll out one shard; sample i draws only from ``torch.Generator().manual_seed(seeds[i])``."""
         head_kind = self.model.heads["thought"].kind
@@ -122,4 +123,5 @@ class RolloutWorker:
             generators=gens,
             weights_version=self.version,
             metadata=metadata,
+            learn_exits=learn_exits,
         )

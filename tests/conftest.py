@@ -49,4 +49,17 @@ def tiny_latent_dirs(tmp_path_factory):
     for head in ("soft", "hidden"):
         make_latent_model(head).save_pretrained(root / head)
         out[head] = str(root / head)
+    # a System-1.5 model: the soft one with routers and adapters at both layers, routers near w = 1/2
+    import torch
+
+    from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts
+
+    model = make_latent_model("soft")
+    sc = Shortcuts(model.hidden_size, model.num_layers, [0, 1], rank=8, router_hidden=8)
+    for r in sc.routers.values():
+        torch.nn.init.zeros_(r.net[-1].bias)
+    model.heads[SHORTCUT_NAME] = sc
+    model.latent_extra["shortcut"] = {"lam": 0.5}
+    model.save_pretrained(root / "system15")
+    out["system15"] = str(root / "system15")
     return out

@@ -1,9 +1,11 @@
 """GRPO over latent trajectories: group-normalised advantages, a clipped ratio per stochastic choice, k3 KL.
 
 A trajectory's stochastic choices are its latent actions (Gumbel/Dirichlet log-weights or Gaussian vectors,
-with exact log-densities), its stop decisions (hidden head) and its answer tokens; ``log pi(trajectory)`` is
-their sum. Each choice is one loss position with its own ratio, and the loss is averaged over the global
-count of positions in the minibatch (every rank's), as token-level GRPO/DAPO does with tokens:
+with exact log-densities), its stop decisions (hidden head), its answer tokens and, with
+``latent.learn_exits``, each position's System-1.5 exit decisions (Bernoulli per router reached);
+``log pi(trajectory)`` is their sum. Each choice is one loss position with its own ratio, and the loss is
+averaged over the global count of positions in the minibatch (every rank's), as token-level GRPO/DAPO does
+with tokens:
 
     A_i   = (r_i - mean_G r) / (std_G r + eps)            GRPO (Shao et al. 2024, DeepSeekMath, eq. 3)
     A_i   =  r_i - mean_G r                                Dr.GRPO (Liu et al. 2025): no std division
@@ -52,20 +54,21 @@ def group_advantages(
     return torch.where(v, adv, 0.0).view(-1)
 
 
-def positions(latent: Tensor, stop: Tensor, answer: Tensor) -> Tensor:
-    """Per-choice tensors side by side: [B, J] latent, [B, J] stop, [B, A] answer -> [B, 2J + A]."""
-    return torch.cat([latent, stop, answer], dim=-1)
+def positions(latent: Tensor, stop: Tensor, answer: Tensor, exits: Tensor | None = None) -> Tensor:
+    """Per-choice tensors side by side: [B, J] latent, [B, J] stop, [B, A] answer (, [B, P] System-1.5 exit
+    decisions when they are actions) -> [B, 2J + A (+ P)]."""
+    return torch.cat([latent, stop, answer] + ([] if exits is None else [exits]), dim=-1)
 
 
 def traj_positions(traj: Trajectory) -> tuple[Tensor, Tensor]:
     """(rollout log-probs, mask) of every stochastic choice, in ``positions`` order."""
-    logp = positions(traj.latent_logp, traj.stop_logp, traj.answer_logp)
-    mask = positions(traj.action_mask, traj.stop_mask, traj.answer_mask)
+    logp = positions(traj.latent_logp, traj.stop_logp, traj.answer_logp, traj.exit_logp)
+    mask = positions(traj.action_mask, traj.stop_mask, traj.answer_mask, traj.exit_mask)
     return logp, mask
 
 
 def replay_positions(new: Replayed) -> Tensor:
-    return positions(new.latent_logp, new.stop_logp, new.answer_logp)
+    return positions(new.latent_logp, new.stop_logp, new.answer_logp, new.exit_logp)
 
 
 def clipped_surrogate(

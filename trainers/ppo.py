@@ -102,6 +102,10 @@ class PPO(GRPO):
     @torch.no_grad()
     def prepare(self, module: nn.Module, traj: Trajectory, adv: Tensor, policy: Any) -> dict[str, Tensor]:
         """V_old from one no-grad replay, then GAE; each choice gets its time's (whitened) advantage."""
+        if traj.exit_logp is not None:
+            raise NotImplementedError(
+                "PPO does not support latent.learn_exits yet (its value head has no exit positions): use GRPO"
+            )
         new = replay(module.policy, traj, policy, hidden=True)
         v_old = module.values(new).cpu()
         tmask = time_mask(traj)

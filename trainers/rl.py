@@ -15,13 +15,15 @@ steps an uninterrupted run takes. Keys: ``train/*``, ``policy/*``, ``timing/*``,
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from rl_latent.config import Config, dump, to_dict
+from rl_latent.config import Config, ConfigError, dump, to_dict
 from rl_latent.data.build import dataset_name, load_splits
 from rl_latent.metrics import answers_match, extract_answer, mean_pass_at_k
 from rl_latent.tracking import Tracker, plot_curves, read_jsonl
@@ -93,6 +95,14 @@ class RLRun:
                 f"{cfg.train.recipe}: RL starts from a latent model: set train.init_from to a CODI model dir "
                 "(e.g. runs/quickstart/codi_soft/model)"
             )
+        if cfg.latent.learn_exits:
+            meta = Path(model_dir) / "latent_config.json"
+            heads = json.loads(meta.read_text()).get("heads", {}) if meta.is_file() else {}
+            if "shortcuts" not in heads:
+                raise ConfigError(
+                    f"latent.learn_exits: {model_dir} has no System-1.5 shortcuts to learn exits of; start "
+                    "from a system15 stage's model (e.g. runs/quickstart/system15/model)"
+                )
         dump(cfg, self.dir / "config.yaml")
         self.splits = load_splits(cfg.data)
         self.data_name = dataset_name(cfg.data)
@@ -167,6 +177,7 @@ class RLRun:
         traj = self.pool.rollout(
             self.requests(self.step), policy=cfg.latent.policy, policy_kwargs=self.policy_kwargs,
             answer_temperature=rl.answer_temperature, max_answer_tokens=cfg.eval.max_new_tokens,
+            learn_exits=cfg.latent.learn_exits,
         )  # fmt: skip
         t["rollout"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -229,6 +240,7 @@ class RLRun:
         sampled = self.pool.rollout(
             reqs, policy=cfg.latent.policy, policy_kwargs=self.policy_kwargs,
             answer_temperature=rl.answer_temperature, max_answer_tokens=cfg.eval.max_new_tokens,
+            learn_exits=cfg.latent.learn_exits,
         )  # fmt: skip
         ok = [answers_match(extract_answer(a), r.target) for a, r in zip(sampled.answers, reqs)]
         counts = [sum(ok[p * rl.eval_n : (p + 1) * rl.eval_n]) for p in range(len(rows))]

@@ -234,7 +234,7 @@ class ShortcutRecipe(Recipe):
             self.engine.backward(terms["loss"])
             self.engine.step()
             for key, v in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(v) / tc.grad_accum
+                sums[key] = sums.get(key, 0.0) + float(v.detach()) / tc.grad_accum
         return {"loss": sums.pop("loss"), **sums}
 
 

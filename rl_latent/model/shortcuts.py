@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rl_latent.model.layerwise import DecoderAdapter
@@ -150,6 +151,7 @@ class StepOut:
     expected_layers: Tensor | None = None  # [B] sum_l c_l (soft)
     blocks_run: Tensor | None = None  # [B] int: blocks fully run (hard)
     exit_layer: Tensor | None = None  # [B] int: the router layer a row exited at (n_layer: none)
+    exit_logp: Tensor | None = None  # [B] log-prob of the sampled exit decisions (zeros unless sampled)
 
 
 def kv_only(adapter: DecoderAdapter, idx: int, hidden: Tensor, ctx: Any) -> None:
@@ -187,12 +189,15 @@ def shortcut_step(
     latent: Tensor | None = None,
     lam: float | None = None,
     exits: Tensor | None = None,
+    uniforms: Tensor | None = None,
 ) -> StepOut:
     """Run one new position (``inputs_embeds`` [B, 1, d]) through the stack with shortcuts, on ``cache``.
 
     Soft (``lam`` None, ``exits`` None): training's blend, differentiable in the router and adapter weights.
     Hard: a row exits at the first router layer with ``w > lam``; ``exits`` [B] (a router layer per row, or
-    n_layer for none) imposes the exit layers instead, e.g. ones sampled as RL actions. ``prev`` holds the
+    n_layer for none) imposes the exit layers instead. ``uniforms`` [B, routers] samples them as RL actions:
+    router k exits when ``u_k < w_k`` (a Bernoulli(w) draw), and ``exit_logp`` sums each row's
+    ``log w`` / ``log(1 - w)`` over the routers it reached (fp32, from log-sigmoids). ``prev`` holds the
     previous position's states x_0..x_L and ``latent`` [B] marks rows whose input is a latent thought (the
     step shortcut applies to them).
     """
@@ -203,7 +208,7 @@ def shortcut_step(
     x, ctx = ad.begin(inputs_embeds, attention_mask, pos, cache, True)
     x = x[:, 0]
     B = x.shape[0]
-    hard = lam is not None or exits is not None
+    hard = lam is not None or exits is not None or uniforms is not None
     states = [x]
     if not hard:
         S, c = torch.zeros_like(x), torch.ones(B, dtype=x.dtype, device=x.device)
@@ -226,13 +231,20 @@ def shortcut_step(
         done = torch.zeros(B, dtype=torch.bool, device=x.device)
         run = torch.zeros(B, dtype=torch.long, device=x.device)
         exit_layer = torch.full((B,), L, dtype=torch.long, device=x.device)
+        exit_logp = torch.zeros(B, dtype=torch.float32, device=x.device)
         for li in range(L):
             go, s = None, None
             if li in sc.layers and not bool(done.all()):
                 if exits is not None:
                     go = (exits == li) & ~done
                 else:
-                    go = (torch.sigmoid(sc.routers[str(li)](x).float()) > lam) & ~done
+                    z = sc.routers[str(li)](x).float()
+                    if uniforms is None:
+                        go = (torch.sigmoid(z) > lam) & ~done
+                    else:
+                        go = (uniforms[:, sc.layers.index(li)].to(z.device) < torch.sigmoid(z)) & ~done
+                        step_lp = torch.where(go, F.logsigmoid(z), F.logsigmoid(-z))
+                        exit_logp = exit_logp + torch.where(done, 0.0, step_lp)
                 if bool(go.any()):
                     s = sc.exit_state(li, x, None if prev is None else prev[li], latent)
                 else:
@@ -253,11 +265,48 @@ def shortcut_step(
                 done = done | go
             states.append(x)
         top = x
-        out = StepOut(logits=None, hidden=None, states=states, top=top, blocks_run=run, exit_layer=exit_layer)
+        out = StepOut(logits=None, hidden=None, states=states, top=top, blocks_run=run, exit_layer=exit_layer,
+                      exit_logp=exit_logp)  # fmt: skip
     out.hidden = ad.final_norm(top)
     out.logits = ad.lm_head(out.hidden)
     return out
 
 
+def shortcut_forward(
+    model: Any, inputs_embeds: Tensor, attention_mask: Tensor, exits: Tensor, latent: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A whole sequence with the exit layer of every position given (``exits`` [B, T], n_layer = none): the
+    replay of a decode that ran :func:`shortcut_step` position by position. Block l computes keys/values of
+    every position's current state (so an exited position attends with its copied state, as in decode) and
+    keeps its output only where the position still computes; the step shortcut reads position t-1's state
+    at the same layer. Returns logits [B, T, V], the final normed state [B, T, d] and the log-prob of the exit
+    decisions [B, T] (summed Bernoulli log w / log(1 - w) over the routers each position reached, fp32)."""
+    sc, ad, L = model.heads[SHORTCUT_NAME], model.adapter, model.num_layers
+    pos = model.position_ids_from_mask(attention_mask)
+    x, ctx = ad.begin(inputs_embeds, attention_mask, pos, None, False)
+    done = torch.zeros(exits.shape, dtype=torch.bool, device=x.device)
+    logp = torch.zeros(exits.shape, dtype=torch.float32, device=x.device)
+    for li in range(L):
+        go = None
+        if li in sc.layers:
+            z = sc.routers[str(li)](x).float()
+            go = (exits == li) & ~done
+            logp = logp + torch.where(done, 0.0, torch.where(go, F.logsigmoid(z), F.logsigmoid(-z)))
+            if bool(go.any()):
+                prev = torch.cat([x[:, :1], x[:, :-1]], dim=1)  # position t-1's state entering block l
+                s = sc.adapters[str(li)](x)
+                if sc.step:
+                    s = s + latent[..., None].to(s.dtype) * sc.step_adapters[str(li)](prev)
+            else:
+                go = None
+        keep = ~done if go is None else ~done & ~go
+        x = torch.where(keep[..., None], ad.run_layer(li, x, ctx), x)
+        if go is not None:
+            x = torch.where(go[..., None], s, x)
+            done = done | go
+    hidden = ad.final_norm(x)
+    return ad.lm_head(hidden), hidden, logp
+
+
 __all__ = ["SHORTCUT_NAME", "Adapter", "Router", "Shortcuts", "StepOut", "has_shortcuts", "kv_only",
-           "shortcut_step"]  # fmt: skip
+           "shortcut_forward", "shortcut_step"]  # fmt: skip

@@ -175,3 +175,29 @@ def test_sigkill_and_resume_gives_the_steps_an_uninterrupted_run_gives(tiny_late
     assert a[3] == b[3] and a[4] == b[4]
     wa, wb = _weights(full), _weights(killed)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_grpo_learns_system15_exits_as_actions(ray_local, tiny_latent_dirs, tmp_path, capsys):
+    out = tmp_path / "exits"
+    extra = {
+        "latent.learn_exits": "true",
+        "rl.rewards": "[correct, {name: compute, kwargs: {unit: layer_evals}}]",
+    }
+    main(["train", CONFIG, *_overrides(tiny_latent_dirs["system15"], out, **extra)])
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if "train/reward" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert max(r["policy/logprob_gap"] for r in rows) <= 1e-4  # exit log-probs included
+    evals = [r for r in read_jsonl(out / "metrics.jsonl") if "eval/arith-d2/layer_evals" in r]
+    assert evals and all(r["eval/arith-d2/layer_evals"] > 0 for r in evals)
+    before = load_file(Path(tiny_latent_dirs["system15"]) / "latent_heads.safetensors")
+    after = load_file(out / "model" / "latent_heads.safetensors")
+    routers = [k for k in before if k.startswith("shortcuts.routers.")]
+    assert routers and any(not torch.equal(before[k], after[k]) for k in routers)  # the exits were trained
+
+
+def test_learn_exits_needs_a_model_with_shortcuts(ray_local, tiny_latent_dirs, tmp_path, capsys):
+    args = _overrides(tiny_latent_dirs["soft"], tmp_path / "x", **{"latent.learn_exits": "true"})
+    with pytest.raises(SystemExit):
+        main(["train", CONFIG, *args])
+    err = capsys.readouterr().err
+    assert "latent.learn_exits" in err and "no System-1.5 shortcuts" in err

@@ -122,7 +122,7 @@ def test_nocot_eval_cli_and_pipeline(tmp_path, capsys, shared_data):
     printed = capsys.readouterr().out
     assert "cot_sft" in printed and "no_cot" in printed and "pipeline finished" in printed
     summary = json.loads((out / "pipeline_summary.json").read_text())
-    assert set(summary) == {"cot_sft", "no_cot", "codi_hidden", "codi_soft", "grpo"}
+    assert set(summary) == {"cot_sft", "no_cot", "codi_hidden", "codi_soft", "system15", "grpo"}
     assert "grpo: 3 steps" in printed and "pass@8" in printed  # the RL stage's readable summary
     assert all(s["steps"] == 3 for s in summary.values())  # the command line wins over stage_overrides
     assert summary["codi_soft"]["latent_steps"] > 0 and summary["cot_sft"]["latent_steps"] == 0

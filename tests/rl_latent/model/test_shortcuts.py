@@ -136,3 +136,30 @@ def test_checkpoint_round_trip_keeps_shortcuts_and_lambda(tmp_path):
     assert any(
         c.layer_evals < c.positions * model.num_layers for c in a.compute
     )  # lambda 0.3 exits somewhere
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@torch.no_grad()
+def test_sampled_exits_replay_within_1e4_and_are_part_of_the_trajectory(arch):
+    from rollouts.sampler import logprob_gap, make_policy, replay
+
+    model = with_shortcuts(arch, router_bias=0.0)  # w ~ 1/2: exits at every layer get sampled
+    policy = make_policy("soft", "gumbel", tau=0.5)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(len(QUESTIONS))]  # noqa: E731
+    kw = dict(policy=policy, max_answer_tokens=6, answer_temperature=1.0, learn_exits=True)
+    traj = rollout(model, QUESTIONS, generators=gens(), **kw)
+    n_fed = traj.latent_steps + traj.answer_mask.sum(1)  # z_1..z_n, <eot>, a_0..a_{A-2}
+    assert torch.equal(traj.exit_mask.sum(1), n_fed)
+    assert len(set(traj.exit_layers[traj.exit_mask].tolist())) == model.num_layers + 1  # 0, 1 and none
+    assert bool((traj.exit_logp[traj.exit_mask] < 0).all())
+    new = replay(model, traj, policy)
+    assert logprob_gap(traj, new) <= 1e-4
+    torch.testing.assert_close(new.total(traj), traj.logp(), atol=1e-4, rtol=0)
+    assert bool((traj.logp() < (traj.logp() - (traj.exit_logp * traj.exit_mask).sum(-1)) + 1e-6).all())
+    traj.exit_logp, traj.exit_mask, traj.exit_layers = None, None, None  # replay as if nothing had exited
+    assert logprob_gap(traj, replay(model, traj, policy)) > 1e-2
+    again = rollout(model, QUESTIONS, generators=gens(), **kw)
+    one = [rollout(model, [q], generators=[g], **kw) for q, g in zip(QUESTIONS, gens())]
+    for b, o in enumerate(one):  # each row's exits come from its own generator: batching changes nothing
+        n = int(n_fed[b])
+        assert o.exit_layers[0, :n].tolist() == again.exit_layers[b, :n].tolist()

@@ -1,0 +1,155 @@
+"""System-1.5 shortcuts against CODI and CoT-SFT: accuracy against compute.
+
+    python bench/shortcuts.py                         # quickstart task with natural-language CoT, 6 layers
+    python bench/shortcuts.py --task-seed 3 --difficulty 3
+    python bench/shortcuts.py --reuse --lams 0.2,0.5,0.8    # re-measure trained models at other lambdas
+
+Trains (or with ``--reuse`` reads from ``--out``) CoT-SFT, CODI (step-aligned soft thoughts, from the CoT-SFT
+model) and System-1.5 stage 2 (routers + adapters on the frozen CODI model), each through its real recipe.
+Then measures every model on the test split, System-1.5 once per lambda: greedy ``accuracy``, generated
+``positions``, ``layer_evals`` and ``flops`` per answer, ``latency_b1_ms`` (problems one at a time) and
+``samples_per_s_b64``. Prints one JSON object and writes ``accuracy_vs_compute.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rl_latent.config import load_config, stage_config  # noqa: E402
+from rl_latent.pipeline import run_recipe  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("bench_latent", REPO / "bench" / "latent.py")
+bench_latent = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_latent)
+
+# the stage each method is trained by, and the one it starts from
+METHODS = {"cot_sft": ("cot_sft", None), "codi": ("codi_soft", "cot_sft"), "system15": ("system15", "codi")}
+DEFAULTS = ["data.nl_cot=true", "model.n_layer=6"]  # the task with natural-language CoT; room for depth
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"))
+    ap.add_argument("--task-seed", type=int, default=None, help="seed of the generated task (train and test)")
+    ap.add_argument("--difficulty", default=None, help="difficulty level of the generated task")
+    ap.add_argument("--data", default=None, help="also score every model on this file (any supported format)")
+    ap.add_argument("--budget-s", type=float, default=660.0, help="cap on training seconds per method")
+    ap.add_argument(
+        "--steps", default="cot_sft=1000,codi=2500,system15=800",
+        help="optimizer steps (the LR schedule's length) per method; --budget-s caps the seconds",
+    )  # fmt: skip
+    ap.add_argument("--lams", default="0.3,0.5,0.7,0.9", help="System-1.5 exit thresholds to measure")
+    ap.add_argument("--reuse", action="store_true", help="reuse models already trained in --out")
+    ap.add_argument("--latency-problems", type=int, default=30, help="problems timed one at a time")
+    ap.add_argument("--out", default=str(REPO / "runs" / "bench-shortcuts"))
+    ap.add_argument("overrides", nargs="*", help="dotted config overrides (after " + " ".join(DEFAULTS) + ")")
+    args = ap.parse_args()
+
+    overrides = [f"train.output_dir={args.out}", "tracking.wandb=none", "train.resume=false", *DEFAULTS]
+    overrides += [f"train.time_budget_s={args.budget_s}", *args.overrides]
+    if args.task_seed is not None:
+        overrides.append(f"data.seed={args.task_seed}")
+    if args.difficulty is not None:
+        overrides.append(f"data.difficulty={args.difficulty}")
+    cfg = load_config(args.config, overrides)
+    steps = dict(item.split("=") for item in args.steps.split(",") if item)
+    for method, n in steps.items():
+        cfg.stage_overrides.setdefault(METHODS[method][0], {})["train.max_steps"] = int(n)
+
+    results: dict[str, dict] = {}
+    model_dirs: dict[str, str] = {}
+    for method, (stage, parent) in METHODS.items():
+        run_dir = Path(args.out) / stage
+        scfg = stage_config(cfg, stage)
+        if args.reuse and (run_dir / "model" / "config.json").is_file():
+            summary = json.loads((run_dir / "summary.json").read_text())
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)  # only this method's own dir
+            if parent:
+                scfg.train.init_from = model_dirs[parent]
+            summary = run_recipe(scfg, progress=sys.stderr.isatty())
+        model_dirs[method] = str(run_dir / "model")
+        lams = [float(x) for x in args.lams.split(",")] if method == "system15" else [None]
+        for lam in lams:
+            res, _ = bench_latent.measure(model_dirs[method], scfg, args.latency_problems, lam=lam)
+            res["train_seconds"], res["steps"] = summary.get("train_seconds"), summary.get("steps")
+            if args.data:
+                res["data"] = bench_latent.score_file(model_dirs[method], args.data, scfg)
+            name = method if lam is None else f"{method}@{lam:g}"
+            results[name] = res
+            print(f"{name}: {json.dumps(res)}", file=sys.stderr)
+    out = {**results, "targets": targets(results), "task": task_of(cfg)}
+    plot(results, Path(args.out) / "accuracy_vs_compute.png")
+    print(json.dumps(out, indent=2))
+
+
+def targets(results: dict[str, dict]) -> dict:
+    """The issue's targets: the System-1.5 setting with the fewest layer evaluations among those within one
+    point of CODI's accuracy, its saving against CODI, and its batch-1 speed-up against CoT-SFT."""
+    codi, cot = results["codi"], results["cot_sft"]
+    ok = [
+        (k, r)
+        for k, r in results.items()
+        if k.startswith("system15@") and r["accuracy"] >= codi["accuracy"] - 0.01
+    ]
+    if not ok:
+        return {"best": None, "note": "no lambda keeps accuracy within 1 point of CODI"}
+    name, best = min(ok, key=lambda kr: kr[1]["layer_evals"])
+    saving = 1 - best["layer_evals"] / codi["layer_evals"]
+    speedup = cot["latency_b1_ms"] / best["latency_b1_ms"]
+    return {
+        "best": name,
+        "accuracy_drop": round(codi["accuracy"] - best["accuracy"], 4),
+        "layer_evals_saving_vs_codi": round(saving, 4),
+        "latency_b1_speedup_vs_cot_sft": round(speedup, 2),
+        "met": {"layer_evals_saving>=0.40": saving >= 0.40, "latency_speedup>=10x": speedup >= 10},
+    }
+
+
+def task_of(cfg) -> dict:
+    return {"task": cfg.data.task, "difficulty": cfg.data.difficulty, "seed": cfg.data.seed,
+            "nl_cot": cfg.data.nl_cot, "n_layer": cfg.model.n_layer,
+            "test": cfg.data.test_path or f"generated ({cfg.data.n_test})"}  # fmt: skip
+
+
+def plot(results: dict[str, dict], path: Path) -> None:
+    """Accuracy against layer evaluations per answer: one point per method, System-1.5's lambdas joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    s15 = sorted(
+        (r["layer_evals"], r["accuracy"], k) for k, r in results.items() if k.startswith("system15@")
+    )
+    if s15:
+        ax.plot([x for x, _, _ in s15], [y for _, y, _ in s15], "o-", label="System-1.5 (lambda)")
+        for x, y, k in s15:
+            ax.annotate(k.split("@")[1], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for k in ("codi", "cot_sft"):
+        if k in results:
+            ax.plot(results[k]["layer_evals"], results[k]["accuracy"], "s", label=k)
+    ax.set_xlabel("layer evaluations per answer")
+    ax.set_ylabel("accuracy (test)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""bench/shortcuts.py runs end to end (a few steps per method) and prints the JSON object of the issue."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+KEYS = {
+    "accuracy",
+    "positions",
+    "layer_evals",
+    "flops",
+    "latency_b1_ms",
+    "samples_per_s_b64",
+    "train_seconds",
+}
+
+
+def test_shortcuts_bench_prints_one_json_object_and_a_plot(tmp_path):
+    cmd = [
+        sys.executable, str(REPO / "bench/shortcuts.py"), "--task-seed", "3", "--difficulty", "1",
+        "--steps", "cot_sft=2,codi=2,system15=2", "--lams", "0.2,1.0", "--latency-problems", "2",
+        "--out", str(tmp_path / "bench"), "data.n_train=64", "data.n_valid=4", "data.n_test=8",
+        "model.n_layer=2", "model.n_embd=32", "model.n_head=2", "train.batch_size=8",
+        "eval.max_new_tokens=24", "train.eval_every=0",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout)
+    for method in ("cot_sft", "codi", "system15@0.2", "system15@1"):
+        assert KEYS <= set(res[method]), method
+        assert res[method]["steps"] == 2 and 0.0 <= res[method]["accuracy"] <= 1.0
+    # lambda 1 never exits: the System-1.5 model is the frozen CODI model, exactly
+    for key in ("accuracy", "positions", "layer_evals", "flops"):
+        assert res["system15@1"][key] == res["codi"][key], key
+    assert res["system15@0.2"]["layer_evals"] <= res["codi"]["layer_evals"]
+    assert res["task"]["nl_cot"] is True and res["task"]["seed"] == 3
+    assert "best" in res["targets"]
+    assert (tmp_path / "bench" / "accuracy_vs_compute.png").stat().st_size > 1000
