@@ -6,7 +6,9 @@
 
 Trains (or with ``--reuse`` reads from ``--out``) CoT-SFT, CODI (step-aligned soft thoughts, from the CoT-SFT
 model) and System-1.5 stage 2 (routers + adapters on the frozen CODI model), each through its real recipe.
-Then measures every model on the test split, System-1.5 once per lambda: greedy ``accuracy``, generated
+Then GRPO from the System-1.5 model with its exits as actions under a compute reward (``system15_rl``,
+``--rl-budget-s`` seconds on Ray workers and a DeepSpeed rank). Measures every model on the test split,
+System-1.5 models once per lambda: greedy ``accuracy``, generated
 ``positions``, ``layer_evals`` and ``flops`` per answer, ``latency_b1_ms`` (problems one at a time) and
 ``samples_per_s_b64``. Prints one JSON object and writes ``accuracy_vs_compute.png`` into ``--out``.
 """
@@ -50,6 +52,11 @@ def main() -> None:
         help="optimizer steps (the LR schedule's length) per method; --budget-s caps the seconds",
     )  # fmt: skip
     ap.add_argument("--lams", default="0.3,0.5,0.7,0.9", help="System-1.5 exit thresholds to measure")
+    ap.add_argument("--rl-budget-s", type=float, default=600.0, help="GRPO seconds for system15_rl (0: skip)")
+    ap.add_argument(
+        "--rl-layer-scale", type=float, default=100.0,
+        help="system15_rl: compute reward = -layer_evals / this, on correct answers",
+    )  # fmt: skip
     ap.add_argument("--reuse", action="store_true", help="reuse models already trained in --out")
     ap.add_argument("--latency-problems", type=int, default=30, help="problems timed one at a time")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-shortcuts"))
@@ -89,9 +96,40 @@ def main() -> None:
             name = method if lam is None else f"{method}@{lam:g}"
             results[name] = res
             print(f"{name}: {json.dumps(res)}", file=sys.stderr)
+    if args.rl_budget_s > 0:
+        results.update(
+            system15_rl(cfg, args, model_dirs["system15"], [float(x) for x in args.lams.split(",")])
+        )
     out = {**results, "targets": targets(results), "task": task_of(cfg)}
     plot(results, Path(args.out) / "accuracy_vs_compute.png")
     print(json.dumps(out, indent=2))
+
+
+def system15_rl(cfg, args, start: str, lams: list[float]) -> dict[str, dict]:
+    """GRPO from the System-1.5 model with its exits as Bernoulli actions (``latent.learn_exits``) under a
+    compute reward on layer evaluations (correct answers only), then the same measurements."""
+    run_dir = Path(args.out) / "system15_rl"
+    rcfg = stage_config(cfg, "grpo")
+    if not (args.reuse and (run_dir / "model" / "config.json").is_file()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        rcfg.train.init_from, rcfg.train.output_dir = start, str(run_dir)
+        rcfg.train.time_budget_s, rcfg.train.max_steps = args.rl_budget_s, 100_000
+        rcfg.latent.learn_exits = True
+        rcfg.rl.rewards = [
+            "correct",
+            {"name": "compute", "weight": 1.0,
+             "kwargs": {"unit": "layer_evals", "scale": args.rl_layer_scale, "only_correct": True}},
+        ]  # fmt: skip
+        rcfg.rl.eval_every, rcfg.rl.eval_problems = 0, 100
+        run_recipe(rcfg, progress=sys.stderr.isatty())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    out = {}
+    for lam in lams:
+        res, _ = bench_latent.measure(str(run_dir / "model"), rcfg, args.latency_problems, lam=lam)
+        res["train_seconds"], res["steps"] = summary.get("train_seconds"), summary.get("steps")
+        out[f"system15_rl@{lam:g}"] = res
+        print(f"system15_rl@{lam:g}: {json.dumps(res)}", file=sys.stderr)
+    return out
 
 
 def targets(results: dict[str, dict]) -> dict:
@@ -108,7 +146,18 @@ def targets(results: dict[str, dict]) -> dict:
     name, best = min(ok, key=lambda kr: kr[1]["layer_evals"])
     saving = 1 - best["layer_evals"] / codi["layer_evals"]
     speedup = cot["latency_b1_ms"] / best["latency_b1_ms"]
+    rl = {}
+    rl_ok = [(k, r) for k, r in results.items() if k.startswith("system15_rl@")]
+    rl_ok = [(k, r) for k, r in rl_ok if r["accuracy"] >= best["accuracy"] - 0.01]
+    if rl_ok:
+        rl_name, rl_best = min(rl_ok, key=lambda kr: kr[1]["layer_evals"])
+        rl = {
+            "rl_best": rl_name,
+            "rl_layer_evals_saving_vs_system15": round(1 - rl_best["layer_evals"] / best["layer_evals"], 4),
+            "rl_accuracy_drop_vs_system15": round(best["accuracy"] - rl_best["accuracy"], 4),
+        }
     return {
+        **rl,
         "best": name,
         "accuracy_drop": round(codi["accuracy"] - best["accuracy"], 4),
         "layer_evals_saving_vs_codi": round(saving, 4),

@@ -161,7 +161,8 @@ def shortcut_losses(model: Any, traj: Any, cfg: Any, dags: list[Any]) -> dict[st
             )
             with torch.no_grad():
                 kl = (tlp.exp() * (tlp - torch.log_softmax(ad.lm_head(e).float(), -1))).sum(-1)
-                goal = torch.exp(-kl / (sc_cfg.kl_scale * torch.where(crit[:, t], sc_cfg.critical, 1.0)))
+                scale = sc_cfg.kl_scale * torch.where(crit[:, t], sc_cfg.critical, 1.0)
+                goal = torch.exp(-kl.clamp(min=0) / scale).nan_to_num(0.0).clamp(0.0, 1.0)
             w = so.w[li].float().clamp(1e-6, 1 - 1e-6)
             sums["router"] = sums["router"] + (F.binary_cross_entropy(w, goal, reduction="none") * af).sum()
             stats["w_mean"] += float((w.detach() * af).sum()) / (len(so.exits) * float(count))

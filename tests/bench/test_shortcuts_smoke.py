@@ -21,6 +21,7 @@ def test_shortcuts_bench_prints_one_json_object_and_a_plot(tmp_path):
     cmd = [
         sys.executable, str(REPO / "bench/shortcuts.py"), "--task-seed", "3", "--difficulty", "1",
         "--steps", "cot_sft=2,codi=2,system15=2", "--lams", "0.2,1.0", "--latency-problems", "2",
+        "--rl-budget-s", "0",
         "--out", str(tmp_path / "bench"), "data.n_train=64", "data.n_valid=4", "data.n_test=8",
         "model.n_layer=2", "model.n_embd=32", "model.n_head=2", "train.batch_size=8",
         "eval.max_new_tokens=24", "train.eval_every=0",
