@@ -21,10 +21,11 @@ def test_shortcuts_bench_prints_one_json_object_and_a_plot(tmp_path):
     cmd = [
         sys.executable, str(REPO / "bench/shortcuts.py"), "--task-seed", "3", "--difficulty", "1",
         "--steps", "cot_sft=2,codi=2,system15=2", "--lams", "0.2,1.0", "--latency-problems", "2",
-        "--rl-budget-s", "0",
+        "--rl-budget-s", "3",
         "--out", str(tmp_path / "bench"), "data.n_train=64", "data.n_valid=4", "data.n_test=8",
         "model.n_layer=2", "model.n_embd=32", "model.n_head=2", "train.batch_size=8",
-        "eval.max_new_tokens=24", "train.eval_every=0",
+        "eval.max_new_tokens=24", "train.eval_every=0", "rl.prompts_per_step=2", "rl.group_size=2",
+        "rl.workers=1", "rl.eval_problems=2", "rl.eval_n=8", "rl.minibatches=1",
     ]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -38,4 +39,6 @@ def test_shortcuts_bench_prints_one_json_object_and_a_plot(tmp_path):
     assert res["system15@0.2"]["layer_evals"] <= res["codi"]["layer_evals"]
     assert res["task"]["nl_cot"] is True and res["task"]["seed"] == 3
     assert "best" in res["targets"]
+    for lam in ("0.2", "1"):  # GRPO with learned exits ran, then the same measurements
+        assert KEYS <= set(res[f"system15_rl@{lam}"]) and res[f"system15_rl@{lam}"]["steps"] >= 1
     assert (tmp_path / "bench" / "accuracy_vs_compute.png").stat().st_size > 1000
