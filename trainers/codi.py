@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from rl_latent.config import Config, ConfigError
 from rl_latent.data.format import ANSWER_PREFIX, cot_text, prompt_text
 from rl_latent.model.heads import HEAD_NAME, build_head
-from trainers.common import IGNORE, batch_indices, collate
+from trainers.common import IGNORE, collate
 from trainers.recipe import Recipe, run_recipe_class
 
 
@@ -282,24 +282,11 @@ class CodiRecipe(Recipe):
         return max(0.0, 1.0 - self.step / n) if n > 0 and self.cfg.codi.align > 0 else 0.0
 
     def train_step(self) -> dict[str, float]:
-        tc = self.cfg.train
-        sums: dict[str, float] = {}
         mix = self.gold_mix()
-        for micro in range(tc.grad_accum):
-            idx = batch_indices(
-                len(self.rows),
-                tc.batch_size,
-                tc.seed,
-                self.step * tc.grad_accum + micro,
-                self.rank,
-                self.world,
-            )
-            terms = codi_losses(self.model, [self.rows[i] for i in idx], self.cfg, mix)
-            self.engine.backward(terms["loss"])
-            self.engine.step()
-            for key, v in terms.items():
-                sums[key] = sums.get(key, 0.0) + v.item() / tc.grad_accum
-        return {"loss": sums.pop("loss"), **sums, "gold_mix": mix}
+        terms = self.accumulate(
+            len(self.rows), lambda idx: codi_losses(self.model, [self.rows[i] for i in idx], self.cfg, mix)
+        )
+        return {**terms, "gold_mix": mix}
 
 
 def run(cfg: Config, progress: bool = True) -> dict[str, Any]:

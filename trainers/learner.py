@@ -21,7 +21,7 @@ from rl_latent.config import Config
 from rollouts.sampler import logprob_gap, make_policy, replay
 from rollouts.trajectory import Trajectory
 from rollouts.worker import to_numpy_state, weights_checksum
-from trainers.grpo import replay_positions
+from trainers.grpo import replay_positions, traj_positions
 
 
 def free_port() -> int:
@@ -130,7 +130,8 @@ class TrainerRank:
 
     @staticmethod
     def _count(traj: Trajectory) -> int:
-        return int(traj.action_mask.sum() + traj.stop_mask.sum() + traj.answer_mask.sum())
+        """Loss positions of ``traj``: every stochastic choice (trainers/grpo.py ``traj_positions``)."""
+        return int(traj_positions(traj)[1].sum())
 
     def _all_sum(self, x: float) -> float:
         if self.world == 1:
@@ -145,13 +146,9 @@ class TrainerRank:
         rank 0, None elsewhere. The list keeps Ray from resolving the ref when it is passed on."""
         import ray
 
-        from trainers.engine import gathered_state_dict
-
-        state = gathered_state_dict(self.engine)
+        state = self._policy_state()
         if self.rank != 0:
             return None
-        prefix = self.algo.policy_prefix
-        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         arrays = to_numpy_state(state)
         return [ray.put(arrays)], weights_checksum(arrays)
 
@@ -167,11 +164,15 @@ class TrainerRank:
 
     def export(self, path: str) -> str:
         """The trained policy as an HF model dir (rank 0 writes; collective under ZeRO-3)."""
+        state = self._policy_state()
+        if self.rank == 0:
+            self.policy.save_pretrained(path, state_dict=state)
+        return path
+
+    def _policy_state(self) -> dict[str, torch.Tensor]:
+        """The full state dict (gathered: collective under ZeRO-3), the policy's keys only, unprefixed."""
         from trainers.engine import gathered_state_dict
 
         state = gathered_state_dict(self.engine)
-        if self.rank == 0:
-            prefix = self.algo.policy_prefix
-            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            self.policy.save_pretrained(path, state_dict=state)
-        return path
+        prefix = self.algo.policy_prefix
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

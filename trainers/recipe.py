@@ -19,7 +19,14 @@ from rl_latent.data.build import dataset_name, load_splits
 from rl_latent.evaluate import evaluate
 from rl_latent.tracking import Tracker
 from trainers.checkpoint import load_checkpoint, save_checkpoint
-from trainers.common import build_model, engine_from_config, resumable_checkpoint, run_dir, seed_everything
+from trainers.common import (
+    batch_indices,
+    build_model,
+    engine_from_config,
+    resumable_checkpoint,
+    run_dir,
+    seed_everything,
+)
 from trainers.engine import init_distributed
 
 
@@ -38,6 +45,22 @@ class Recipe:
     def train_step(self) -> dict[str, float]:
         """One optimizer step at ``self.step`` (all micro-batches); returns scalars to log, ``loss`` first."""
         raise NotImplementedError
+
+    def accumulate(self, n_rows: int, terms_of: Any) -> dict[str, float]:
+        """One optimizer step over ``train.grad_accum`` micro-batches. ``terms_of(row indices)`` returns a
+        micro-batch's loss terms (``loss`` first); each is backpropagated and stepped through the engine,
+        which steps the optimizer at the accumulation boundary. Returns the terms averaged over micro-batches.
+        """
+        tc = self.cfg.train
+        sums: dict[str, float] = {}
+        for micro in range(tc.grad_accum):
+            step = self.step * tc.grad_accum + micro
+            terms = terms_of(batch_indices(n_rows, tc.batch_size, tc.seed, step, self.rank, self.world))
+            self.engine.backward(terms["loss"])
+            self.engine.step()
+            for key, v in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(v.detach()) / tc.grad_accum
+        return {"loss": sums.pop("loss"), **sums}
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from rl_latent.config import Config
-from trainers.common import batch_indices, collate, encode_sft
+from trainers.common import collate, encode_sft
 from trainers.recipe import Recipe, run_recipe_class
 
 
@@ -31,21 +33,13 @@ class SFTRecipe(Recipe):
         )
 
     def train_step(self) -> dict[str, float]:
-        tc = self.cfg.train
         pad = self.model.tokenizer.pad_token_id
-        loss_sum = 0.0
-        for micro in range(tc.grad_accum):
-            idx = batch_indices(
-                len(self.enc.input_ids), tc.batch_size, tc.seed, self.step * tc.grad_accum + micro,
-                self.rank, self.world,
-            )  # fmt: skip
+
+        def terms_of(idx: list[int]) -> dict[str, torch.Tensor]:
             batch = collate([self.enc.input_ids[i] for i in idx], [self.enc.labels[i] for i in idx], pad)
-            batch = {k: v.to(self.engine.device) for k, v in batch.items()}
-            loss = self.engine(**batch).loss
-            self.engine.backward(loss)
-            self.engine.step()
-            loss_sum += loss.item()
-        return {"loss": loss_sum / tc.grad_accum}
+            return {"loss": self.engine(**{k: v.to(self.engine.device) for k, v in batch.items()}).loss}
+
+        return self.accumulate(len(self.enc.input_ids), terms_of)
 
 
 def run(cfg: Config, progress: bool = True) -> dict[str, Any]:

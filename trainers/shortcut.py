@@ -30,7 +30,6 @@ from rl_latent.config import ConfigError
 from rl_latent.model.heads import HEAD_NAME
 from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts, shortcut_step
 from rollouts.sampler import latent_settings, rollout
-from trainers.common import batch_indices
 from trainers.recipe import Recipe, run_recipe_class
 
 
@@ -214,29 +213,16 @@ class ShortcutRecipe(Recipe):
         )
 
     def train_step(self) -> dict[str, float]:
-        tc = self.cfg.train
-        sums: dict[str, float] = {}
-        for micro in range(tc.grad_accum):
-            idx = batch_indices(
-                len(self.rows),
-                tc.batch_size,
-                tc.seed,
-                self.step * tc.grad_accum + micro,
-                self.rank,
-                self.world,
-            )
+        def terms_of(idx: list[int]) -> dict[str, torch.Tensor]:
             rows = [self.rows[i] for i in idx]
-            with torch.no_grad():  # the frozen full path's greedy thoughts and answer (no shortcuts: lam = 1)
+            with torch.no_grad():  # the frozen full path's greedy thoughts and answer (lam = 1: no shortcuts)
                 traj = rollout(
                     self.model, [r["question"] for r in rows], max_answer_tokens=self.cfg.eval.max_new_tokens,
                     lam=1.0,
                 )  # fmt: skip
-            terms = shortcut_losses(self.model, traj, self.cfg, [r.get("dag") for r in rows])
-            self.engine.backward(terms["loss"])
-            self.engine.step()
-            for key, v in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(v.detach()) / tc.grad_accum
-        return {"loss": sums.pop("loss"), **sums}
+            return shortcut_losses(self.model, traj, self.cfg, [r.get("dag") for r in rows])
+
+        return self.accumulate(len(self.rows), terms_of)
 
 
 def run(cfg: Any, progress: bool = True) -> dict[str, Any]:
