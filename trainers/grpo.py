@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rollouts.sampler import Replayed
+from rollouts.replay import Replayed
 from rollouts.trajectory import Trajectory
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from rl_latent.config import Config
-from rollouts.sampler import logprob_gap, make_policy, replay
+from rollouts.replay import logprob_gap, replay
+from rollouts.sampler import make_policy
 from rollouts.trajectory import Trajectory
 from rollouts.worker import to_numpy_state, weights_checksum
 from trainers.grpo import replay_positions, traj_positions

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rollouts.sampler import Replayed, replay
+from rollouts.replay import Replayed, replay
 from rollouts.trajectory import Trajectory
 from trainers.grpo import GRPO
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from rollouts.sampler import logprob_gap, make_policy, replay, rollout
+from rollouts.replay import logprob_gap, replay
+from rollouts.sampler import make_policy, rollout
 
 CASES = [
     ("soft", "vanilla"),

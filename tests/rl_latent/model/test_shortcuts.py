@@ -141,7 +141,8 @@ def test_checkpoint_round_trip_keeps_shortcuts_and_lambda(tmp_path):
 @pytest.mark.parametrize("arch", ARCHS)
 @torch.no_grad()
 def test_sampled_exits_replay_within_1e4_and_are_part_of_the_trajectory(arch):
-    from rollouts.sampler import logprob_gap, make_policy, replay
+    from rollouts.replay import logprob_gap, replay
+    from rollouts.sampler import make_policy
 
     model = with_shortcuts(arch, router_bias=0.0)  # w ~ 1/2: exits at every layer get sampled
     policy = make_policy("soft", "gumbel", tau=0.5)
