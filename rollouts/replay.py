@@ -45,24 +45,16 @@ class Replayed:
         return total
 
 
-def replay(model: Any, traj: Trajectory, policy: LatentPolicy, hidden: bool = False) -> Replayed:
-    """Recompute every log-prob of ``traj`` under the current weights in one forward pass.
-
-    Each latent input is rebuilt as a fixed function of the stored action (soft: ``z = sum_i y_i E[S_i]``;
-    hidden: the stored ``z``), detached, so gradients flow only through the log-probs at the stored choices
-    (the score-function estimator of GRPO/PPO). Runs with gradients unless called under ``torch.no_grad``.
-    ``hidden=True`` also returns the last hidden state at every decision and answer position (PPO's values).
-    """
+def fed_inputs(model: Any, traj: Trajectory) -> list[Tensor]:
+    """Each row's generated inputs as embeddings [P_b, d]: ``z_1..z_n`` rebuilt from the stored actions (soft:
+    ``sum_i y_i E[S_i]``; hidden: the stored ``z``), then ``<eot> a_0..a_{A-2}``. No gradients."""
     head = thought_head(model)
     emb = model.lm.get_input_embeddings()
     device = model.device
-    B, J = traj.latent_logp.shape
-    n_lat = traj.latent_steps.tolist()
-    seqs, dec_pos, ans_pos = [], [], []
+    out = []
     with torch.no_grad():
-        for b in range(B):
-            parts = [emb(torch.tensor(traj.prompt_ids[b], device=device))]
-            n = n_lat[b]
+        for b in range(len(traj)):
+            n, parts = int(traj.latent_steps[b]), []
             if n:
                 if head.kind == "soft":
                     res = None if traj.latent_residual is None else traj.latent_residual[b, :n].to(device)
@@ -73,19 +65,45 @@ def replay(model: Any, traj: Trajectory, policy: LatentPolicy, hidden: bool = Fa
                     z = traj.actions[b, :n].to(device, emb.weight.dtype)
                 parts.append(z.to(emb.weight.dtype))
             a_len = int(traj.answer_mask[b].sum())
-            tail = torch.tensor(
-                [model.eot_id] + traj.answer_ids[b, : max(0, a_len - 1)].tolist(), device=device
-            )
-            parts.append(emb(tail))
-            seqs.append(torch.cat(parts))
-            p = len(traj.prompt_ids[b])
-            dec_pos.append([p - 1 + j for j in range(J)])  # <bot>, then latent position j
-            ans_pos.append([p + n + i for i in range(traj.answer_ids.shape[1])])  # <eot>, then a_0..
+            tail = [model.eot_id] + traj.answer_ids[b, : max(0, a_len - 1)].tolist()
+            parts.append(emb(torch.tensor(tail, device=device)))
+            out.append(torch.cat(parts))
+    return out
+
+
+def replay_inputs(model: Any, traj: Trajectory) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """The whole sequences ``prompt <bot> z_1..z_n <eot> a_0..a_{A-2}`` right-padded: embeddings [B, L, d],
+    attention mask [B, L], and each row's generated inputs (:func:`fed_inputs`)."""
+    emb = model.lm.get_input_embeddings()
+    device = model.device
+    fed = fed_inputs(model, traj)
+    with torch.no_grad():
+        seqs = [torch.cat([emb(torch.tensor(p, device=device)), f]) for p, f in zip(traj.prompt_ids, fed)]
     L = max(s.shape[0] for s in seqs)
-    x = torch.zeros(B, L, emb.weight.shape[1], dtype=emb.weight.dtype, device=device)
-    mask = torch.zeros(B, L, dtype=torch.long, device=device)
+    x = torch.zeros(len(seqs), L, emb.weight.shape[1], dtype=emb.weight.dtype, device=device)
+    mask = torch.zeros(len(seqs), L, dtype=torch.long, device=device)
     for b, s in enumerate(seqs):
         x[b, : s.shape[0]], mask[b, : s.shape[0]] = s, 1
+    return x, mask, fed
+
+
+def replay(model: Any, traj: Trajectory, policy: LatentPolicy, hidden: bool = False) -> Replayed:
+    """Recompute every log-prob of ``traj`` under the current weights in one forward pass.
+
+    Each latent input is rebuilt as a fixed function of the stored action (soft: ``z = sum_i y_i E[S_i]``;
+    hidden: the stored ``z``), detached, so gradients flow only through the log-probs at the stored choices
+    (the score-function estimator of GRPO/PPO). Runs with gradients unless called under ``torch.no_grad``.
+    ``hidden=True`` also returns the last hidden state at every decision and answer position (PPO's values).
+    """
+    head = thought_head(model)
+    device = model.device
+    B, J = traj.latent_logp.shape
+    n_lat = traj.latent_steps.tolist()
+    x, mask, _ = replay_inputs(model, traj)
+    L = x.shape[1]
+    dec_pos = [[len(p) - 1 + j for j in range(J)] for p in traj.prompt_ids]  # <bot>, then latent position j
+    A = traj.answer_ids.shape[1]
+    ans_pos = [[len(p) + n + i for i in range(A)] for p, n in zip(traj.prompt_ids, n_lat)]  # <eot>, a_0..
     exit_logp = None
     if traj.exit_logp is not None:  # System-1.5 exits were actions: replay with the stored exit layers
         out, exit_logp = _replay_exits(model, traj, x, mask, n_lat)
@@ -160,4 +178,4 @@ def logprob_gap(traj: Trajectory, new: Replayed) -> float:
     return float(torch.stack(gaps).max())
 
 
-__all__ = ["Replayed", "logprob_gap", "replay"]
+__all__ = ["Replayed", "fed_inputs", "logprob_gap", "replay", "replay_inputs"]

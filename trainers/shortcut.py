@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from rl_latent.config import ConfigError
 from rl_latent.model.heads import HEAD_NAME
 from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts, shortcut_step
+from rollouts.replay import replay_inputs
 from rollouts.sampler import latent_settings, rollout
 from trainers.recipe import Recipe, run_recipe_class
 
@@ -59,30 +60,6 @@ def criticality(n_latent: int, n_answer: int, dag: list[list[int]] | None, lead:
     return flags
 
 
-def teacher_inputs(model: Any, traj: Any) -> tuple[list[torch.Tensor], list[int]]:
-    """Each row's generated inputs as embeddings [P_b, d] (z_1..z_n, <eot>, a_0..a_{A-2}) and its n."""
-    head = model.heads[HEAD_NAME]
-    emb = model.lm.get_input_embeddings()
-    device = model.device
-    seqs, ns = [], []
-    for b in range(len(traj)):
-        n = int(traj.latent_steps[b])
-        parts = []
-        if n:
-            if head.kind == "soft":
-                res = None if traj.latent_residual is None else traj.latent_residual[b, :n].to(device)
-                z = head.embed(traj.actions[b, :n].to(device), traj.support_ids[b, :n].to(device), emb, res)
-            else:
-                z = traj.actions[b, :n].to(device)
-            parts.append(z.to(emb.weight.dtype))
-        a_len = int(traj.answer_mask[b].sum())
-        tail = [model.eot_id] + traj.answer_ids[b, : max(0, a_len - 1)].tolist()
-        parts.append(emb(torch.tensor(tail, device=device)))
-        seqs.append(torch.cat(parts))
-        ns.append(n)
-    return seqs, ns
-
-
 def shortcut_losses(model: Any, traj: Any, cfg: Any, dags: list[Any]) -> dict[str, torch.Tensor]:
     """Every stage-2 term on one batch of teacher rollouts; ``loss`` is their weighted sum."""
     sc_cfg, device = cfg.shortcut, model.device
@@ -91,15 +68,10 @@ def shortcut_losses(model: Any, traj: Any, cfg: Any, dags: list[Any]) -> dict[st
     pad = model.tokenizer.pad_token_id
     settings = latent_settings(model)
     with torch.no_grad():
-        seqs, ns = teacher_inputs(model, traj)
-        B, T = len(seqs), max(s.shape[0] for s in seqs)
         # the full path over prompt + generated inputs, right-padded: its state and logits at each input
-        full = [torch.cat([emb(torch.tensor(p, device=device)), s]) for p, s in zip(traj.prompt_ids, seqs)]
-        width = max(f.shape[0] for f in full)
-        x = torch.zeros(B, width, emb.weight.shape[1], dtype=emb.weight.dtype, device=device)
-        m = torch.zeros(B, width, dtype=torch.long, device=device)
-        for b, f in enumerate(full):
-            x[b, : f.shape[0]], m[b, : f.shape[0]] = f, 1
+        x, m, seqs = replay_inputs(model, traj)
+        ns = traj.latent_steps.tolist()
+        B, T, width = len(seqs), max(s.shape[0] for s in seqs), x.shape[1]
         out = model(inputs_embeds=x, attention_mask=m, output_hidden_states=True)
         idx = torch.tensor(
             [[min(len(p) + t, width - 1) for t in range(T)] for p in traj.prompt_ids], device=device
