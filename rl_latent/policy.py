@@ -7,8 +7,11 @@ ratios). Everything here is a pure function of tensors and runs in fp32 (fp64 is
 
 Common interface (``LatentPolicy``):
 
-- ``sample(params, generator=None) -> (action, log_prob)``; the action is ``x = log y`` for the simplex
-  policies (so no weight underflows to an unrecoverable 0) and ``z`` for the Gaussian;
+- ``sample(params, generator=None, noise=None) -> (action, log_prob)``; the action is ``x = log y`` for the
+  simplex policies (so no weight underflows to an unrecoverable 0) and ``z`` for the Gaussian;
+- ``noise(params, generator)``: the random draws one ``sample`` consumes, where they have a fixed shape (the
+  Gumbel uniforms, the Gaussian eps), else None (the Dirichlet's rejection sampler). A batch whose rows each
+  own a generator draws them row by row and transforms them in one batched ``sample(params, noise=...)``;
 - ``log_prob(params, action)``: exact log-density, differentiable w.r.t. ``params``;
 - ``entropy(params)``: closed form where one exists, else a documented proxy;
 - ``deterministic``: True when the action is a function of the params (log_prob is then 0).
@@ -69,9 +72,16 @@ class LatentPolicy:
 
     name: str = "base"
     deterministic: bool = False
+    fixed_noise: bool = False  # True where ``noise`` returns the draws (a fixed-shape tensor)
 
-    def sample(self, params: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, params: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def noise(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor | None:
+        """The draws ``sample(params, generator)`` makes, as one tensor; None where their number varies."""
+        return None
 
     def log_prob(self, params: Tensor, action: Tensor) -> Tensor:
         raise NotImplementedError
@@ -96,7 +106,9 @@ class VanillaSoft(LatentPolicy):
             raise ValueError(f"VanillaSoft temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
-    def sample(self, params: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, params: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         x = torch.log_softmax(_compute_dtype(params) / self.temperature, dim=-1)
         return x, torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
 
@@ -132,6 +144,7 @@ class GumbelSoftmax(LatentPolicy):
 
     name = "gumbel"
     argmax_is_exact_sample = True
+    fixed_noise = True
 
     def __init__(self, tau: float = 1.0, temperature: float = 1.0) -> None:
         if tau <= 0 or temperature <= 0:
@@ -142,9 +155,17 @@ class GumbelSoftmax(LatentPolicy):
     def _log_p(self, params: Tensor) -> Tensor:
         return torch.log_softmax(_compute_dtype(params) / self.temperature, dim=-1)
 
-    def sample(self, params: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def noise(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The uniforms behind the Gumbel noise ``g = -log(-log u)``."""
+        p = _compute_dtype(params)
+        return _uniform(p.shape, p, generator)
+
+    def sample(
+        self, params: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         a = self._log_p(params.detach())
-        g = -torch.log(-torch.log(_uniform(a.shape, a, generator)))
+        u = self.noise(params, generator) if noise is None else noise
+        g = -torch.log(-torch.log(u))
         x = torch.log_softmax((a + g) / self.tau, dim=-1)
         return x, self.log_prob(params.detach(), x)
 
@@ -222,7 +243,13 @@ class DirichletSoft(LatentPolicy):
             self.concentration * torch.softmax(_compute_dtype(params) / self.temperature, dim=-1) + self.floor
         )
 
-    def sample(self, params: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, params: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        if noise is not None:
+            raise ValueError(
+                "DirichletSoft draws a varying number of numbers (rejection sampling): no noise="
+            )
         # alpha >= tiny: a p_i that underflows to 0 would make the Gamma shape 0 (degenerate).
         alpha = self._alpha(params.detach()).clamp(min=torch.finfo(_compute_dtype(params).dtype).tiny)
         log_g = _log_gamma_sample(alpha, generator)
@@ -246,15 +273,23 @@ class GaussianHidden(LatentPolicy):
     """
 
     name = "gaussian"
+    fixed_noise = True
 
     def __init__(self, std: float = 0.1) -> None:
         if std <= 0:
             raise ValueError(f"GaussianHidden std must be > 0, got {std}")
         self.std = std
 
-    def sample(self, params: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def noise(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The standard normal ``eps`` of ``z = mu + std eps``."""
+        mu = _compute_dtype(params)
+        return torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
+
+    def sample(
+        self, params: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         mu = _compute_dtype(params.detach())
-        eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
+        eps = self.noise(mu, generator) if noise is None else noise
         z = mu + self.std * eps
         return z, self.log_prob(mu, z)
 

@@ -1,8 +1,9 @@
-"""Replay: a trajectory's log-probs recomputed under the current weights in one forward pass.
+"""Replay: a trajectory's log-probs recomputed under the current weights (prompts, then generated inputs).
 
-    replay:   prompt <bot> z_1 .. z_n <eot> a_0 .. a_{A-2}, rebuilt from the stored actions; one forward;
-              the new log-probs at the stored choices (latent actions, stop decisions, answer tokens and,
-              when they were actions, System-1.5 exits)
+    replay:   prompt <bot> z_1 .. z_n <eot> a_0 .. a_{A-2}, rebuilt from the stored actions; the prompts
+              (each distinct one once) then every row's fed inputs on their KV cache; the new log-probs at
+              the stored choices (latent actions, stop decisions, answer tokens and, when they were
+              actions, System-1.5 exits, replayed in one full-sequence shortcut forward)
 
 Replay must reproduce the rollout's log-probs (same weights) to within 1e-4; ``logprob_gap`` measures it and
 the trainer logs it every step.
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from rl_latent.model.shortcuts import shortcut_forward
 from rl_latent.policy import LatentPolicy
-from rollouts.sampler import thought_head
+from rollouts.sampler import left_pad, prefill, thought_head
 from rollouts.trajectory import Trajectory
 
 
@@ -88,7 +89,7 @@ def replay_inputs(model: Any, traj: Trajectory) -> tuple[Tensor, Tensor, list[Te
 
 
 def replay(model: Any, traj: Trajectory, policy: LatentPolicy, hidden: bool = False) -> Replayed:
-    """Recompute every log-prob of ``traj`` under the current weights in one forward pass.
+    """Recompute every log-prob of ``traj`` under the current weights (see the module docstring).
 
     Each latent input is rebuilt as a fixed function of the stored action (soft: ``z = sum_i y_i E[S_i]``;
     hidden: the stored ``z``), detached, so gradients flow only through the log-probs at the stored choices
@@ -99,22 +100,23 @@ def replay(model: Any, traj: Trajectory, policy: LatentPolicy, hidden: bool = Fa
     device = model.device
     B, J = traj.latent_logp.shape
     n_lat = traj.latent_steps.tolist()
-    x, mask, _ = replay_inputs(model, traj)
-    L = x.shape[1]
-    dec_pos = [[len(p) - 1 + j for j in range(J)] for p in traj.prompt_ids]  # <bot>, then latent position j
     A = traj.answer_ids.shape[1]
-    ans_pos = [[len(p) + n + i for i in range(A)] for p, n in zip(traj.prompt_ids, n_lat)]  # <eot>, a_0..
     exit_logp = None
     if traj.exit_logp is not None:  # System-1.5 exits were actions: replay with the stored exit layers
+        x, mask, _ = replay_inputs(model, traj)
         out, exit_logp = _replay_exits(model, traj, x, mask, n_lat)
+        # column c of the outputs is sequence position p_len - 1 + c: <bot> at 0, fed input k at k + 1
+        cols = [torch.arange(len(p) - 1, x.shape[1], device=device) for p in traj.prompt_ids]
+        c = max(len(k) for k in cols)
+        cols = torch.stack([torch.cat([k, k[-1:].expand(c - len(k))]) for k in cols])
+        rows = torch.arange(B, device=device)[:, None]
+        logits, last = out.logits[rows, cols].float(), out.hidden_states[-1][rows, cols]
     else:
-        out = model(
-            inputs_embeds=x, attention_mask=mask, output_hidden_states=hidden or head.kind == "hidden"
-        )
-    logits = out.logits.float()
+        logits, last = _shared_prefix_forward(model, traj)
+    L = logits.shape[1]
     bidx = torch.arange(B, device=device)[:, None]
-    dpos = torch.tensor(dec_pos, device=device).clamp(max=L - 1)
-    apos = torch.tensor(ans_pos, device=device).clamp(max=L - 1)
+    dpos = torch.arange(J, device=device)[None].expand(B, J).clamp(max=L - 1)  # <bot>, then latent j
+    apos = (torch.tensor(n_lat, device=device)[:, None] + 1 + torch.arange(A, device=device)).clamp(max=L - 1)
     dec_logits = logits[bidx, dpos]  # [B, J, V]
     ans_logp = torch.log_softmax(logits[bidx, apos] / traj.answer_temperature, -1)
     answer_logp = ans_logp.gather(-1, traj.answer_ids.to(device)[..., None])[..., 0]
@@ -124,7 +126,7 @@ def replay(model: Any, traj: Trajectory, policy: LatentPolicy, hidden: bool = Fa
         entropy = policy.entropy(sub)
         stop_logp = torch.zeros_like(latent_logp)
     else:
-        mu = head.mean(out.hidden_states[-1][bidx, dpos]).float()
+        mu = head.mean(last[bidx, dpos]).float()
         latent_logp = policy.log_prob(mu, traj.actions.to(device))
         entropy = policy.entropy(mu)
         log_p = torch.log_softmax(dec_logits, -1)[..., model.eot_id]
@@ -139,9 +141,33 @@ def replay(model: Any, traj: Trajectory, policy: LatentPolicy, hidden: bool = Fa
         answer_logp=torch.where(traj.answer_mask.to(device), answer_logp, 0.0),
         entropy=torch.where(am, entropy, 0.0),
         exit_logp=None if exit_logp is None else torch.where(traj.exit_mask.to(device), exit_logp, 0.0),
-        dec_hidden=out.hidden_states[-1][bidx, dpos] if hidden else None,
-        ans_hidden=out.hidden_states[-1][bidx, apos] if hidden else None,
+        dec_hidden=last[bidx, dpos] if hidden else None,
+        ans_hidden=last[bidx, apos] if hidden else None,
     )
+
+
+def _shared_prefix_forward(model: Any, traj: Trajectory) -> tuple[Tensor, Tensor]:
+    """Logits [B, 1 + F, V] (fp32) and last hidden states [B, 1 + F, d] at ``<bot>`` (column 0) and at each
+    fed input (column k + 1 for fed input k), computed as the rollout did: the left-padded prompts first
+    (each distinct prompt once, its KV cache shared by its group's rows, see ``rollouts.sampler.prefill``),
+    then every row's fed inputs, right-padded, on that cache. A group of G samples pays for its prompt once,
+    forward and backward."""
+    emb = model.lm.get_input_embeddings()
+    device = model.device
+    ids, pmask = (t.to(device) for t in left_pad(traj.prompt_ids, model.tokenizer.pad_token_id))
+    cache, bot_logits, states = prefill(model, ids, pmask)
+    fed = fed_inputs(model, traj)
+    F = max(f.shape[0] for f in fed)
+    x = torch.zeros(len(fed), F, emb.weight.shape[1], dtype=emb.weight.dtype, device=device)
+    fmask = torch.zeros(len(fed), F, dtype=pmask.dtype, device=device)
+    for b, f in enumerate(fed):
+        x[b, : f.shape[0]], fmask[b, : f.shape[0]] = f, 1
+    out = model(
+        inputs_embeds=x, attention_mask=torch.cat([pmask, fmask], 1), past_key_values=cache, use_cache=True,
+        output_hidden_states=True,
+    )  # fmt: skip
+    logits = torch.cat([bot_logits[:, None], out.logits.float()], 1)
+    return logits, torch.cat([states[-1][:, None], out.hidden_states[-1]], 1)
 
 
 def _replay_exits(model: Any, traj: Trajectory, x: Tensor, mask: Tensor, n_lat: list[int]):

@@ -72,7 +72,9 @@ def encode_prompts(model: Any, questions: list[str]) -> list[list[int]]:
     return [list(x) + [model.bot_id] for x in ids]
 
 
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
+def left_pad(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """Token rows left-padded with ``pad``: ids and attention mask [B, max len] (positions come from the
+    mask, so every row's last token sits in the last column)."""
     n = max(len(r) for r in rows)
     ids = torch.full((len(rows), n), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), n), dtype=torch.long)
@@ -82,9 +84,13 @@ def _left_pad(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
-def _gumbel_argmax(logits: Tensor, generator: torch.Generator | None) -> Tensor:
-    """An exact categorical sample ``argmax(logits + g)`` (-inf entries are never picked)."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-20, 1 - 1e-7)
+def _token_uniforms(logits: Tensor, generator: torch.Generator | None) -> Tensor:
+    """The uniforms of ``_gumbel_argmax``, clamped so ``log(-log u)`` is finite."""
+    return torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-20, 1 - 1e-7)
+
+
+def _gumbel_argmax(logits: Tensor, u: Tensor) -> Tensor:
+    """An exact categorical sample ``argmax(logits + g)``, ``g = -log(-log u)`` (-inf entries never win)."""
     return torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)
 
 
@@ -148,15 +154,14 @@ def rollout(
     model.eval()
     t0 = time.perf_counter()
     prompt_ids = encode_prompts(model, [prompt_text({"question": q}) for q in questions])
-    ids, mask = _left_pad(prompt_ids, tok.pad_token_id)
+    ids, mask = left_pad(prompt_ids, tok.pad_token_id)
     ids, mask = ids.to(device), mask.to(device)
-    out = model(input_ids=ids, attention_mask=mask, use_cache=True, output_hidden_states=True)
-    cache = out.past_key_values
-    logits, h = out.logits[:, -1].float(), out.hidden_states[-1][:, -1]
+    cache, logits, states = prefill(model, ids, mask)
+    h = states[-1]
     sample_exits = learn_exits and has_shortcuts(model)
     lam = shortcut_lambda(model, lam)
     shortcuts = sample_exits or lam is not None
-    prev = [hs[:, -1] for hs in out.hidden_states[:-1]] + [None] if shortcuts else None
+    prev = states[:-1] + [None] if shortcuts else None
     layers_run: list[list[int]] = [[model.num_layers] for _ in range(B)]  # the prompt's last position: full
     exit_record: list[list[tuple[int, float]]] = [[] for _ in range(B)]  # per fed position: (layer, log-prob)
 
@@ -233,12 +238,49 @@ def rollout(
     )  # fmt: skip
 
 
+def prefill(model: Any, ids: Tensor, mask: Tensor) -> tuple[Any, Tensor, list[Tensor]]:
+    """The prompts' forward: (KV cache, last-position logits in fp32, last-position state of every layer).
+
+    A GRPO group repeats each prompt ``group_size`` times: each distinct (padded) prompt runs once and its
+    rows share the result, which is the same computation a row does on its own (row-wise ops only). The
+    sharing is an index, so under autograd (the replay) each row's gradient flows back to its prompt."""
+    uniq, inv = torch.unique(ids, dim=0, return_inverse=True)
+    shared = len(uniq) < len(ids)
+    if shared:
+        first = torch.full((len(uniq),), len(ids), dtype=torch.long, device=ids.device)
+        first = first.scatter_reduce(0, inv, torch.arange(len(ids), device=ids.device), "amin")
+        ids, mask = ids[first], mask[first]
+    out = model(
+        input_ids=ids, attention_mask=mask, use_cache=True, output_hidden_states=True, logits_to_keep=1
+    )  # fmt: skip
+    cache, logits = out.past_key_values, out.logits[:, -1].float()
+    states = [hs[:, -1] for hs in out.hidden_states]
+    if shared:
+        cache.reorder_cache(inv)
+        logits, states = logits[inv], [s[inv] for s in states]
+    return cache, logits, states
+
+
 def _per_row(fn, params: Tensor, gens: list[torch.Generator] | None, generator: torch.Generator | None):
     """``fn(params, generator)`` batched, or row by row with each row's own generator (batch invariance)."""
     if gens is None:
         return fn(params, generator)
     outs = [fn(params[i : i + 1], g) for i, g in enumerate(gens)]
     return tuple(torch.cat(parts) for parts in zip(*outs))
+
+
+def _policy_sample(
+    policy: LatentPolicy,
+    params: Tensor,
+    gens: list[torch.Generator] | None,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """``policy.sample`` over a batch. With per-row generators only the draws loop over rows (each row's
+    noise from its own generator, the same numbers a one-row batch draws); the transform runs batched."""
+    if gens is None or not policy.fixed_noise:
+        return _per_row(lambda p, g: policy.sample(p, generator=g), params, gens, generator)
+    (noise,) = _per_row(lambda p, g: (policy.noise(p, g),), params, gens, generator)
+    return policy.sample(params, noise=noise)
 
 
 def _decide(
@@ -252,7 +294,7 @@ def _decide(
     zeros = torch.zeros(R, device=logits.device)
     if head.kind == "soft":
         ids, sub = head.support(logits)
-        x, lp = _per_row(lambda p, g: policy.sample(p, generator=g), sub, gens, generator)
+        x, lp = _policy_sample(policy, sub, gens, generator)
         said_eot = ids.gather(-1, x.argmax(-1, keepdim=True))[:, 0] == model.eot_id
         stop = forced | (said_eot if adaptive else torch.zeros_like(forced))
         z = head.embed(x, ids, model.lm.get_input_embeddings(), head.residual_of(h))
@@ -279,7 +321,7 @@ def _decide(
     if policy.deterministic:
         z, lp = mu, zeros
     else:
-        z, lp = _per_row(lambda p, g: policy.sample(p, generator=g), mu, gens, generator)
+        z, lp = _policy_sample(policy, mu, gens, generator)
     sampled = ~stop & (not policy.deterministic)
     return {"stop": stop, "z": z, "action": z, "logp": torch.where(sampled, lp, 0.0), "sampled": sampled,
             "stop_logp": stop_logp, "stop_sampled": stop_sampled}  # fmt: skip
@@ -294,7 +336,8 @@ def _answer_tokens(
         t = logits.argmax(-1)
         return t, torch.log_softmax(logits, -1).gather(-1, t[:, None])[:, 0]
     scaled = logits / temperature
-    (t,) = _per_row(lambda p, g: (_gumbel_argmax(_top_p_mask(p, top_p), g),), scaled, gens, generator)
+    (u,) = _per_row(lambda p, g: (_token_uniforms(p, g),), scaled, gens, generator)
+    t = _gumbel_argmax(_top_p_mask(scaled, top_p), u)
     return t, torch.log_softmax(scaled, -1).gather(-1, t[:, None])[:, 0]
 
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from rl_latent.config import Config, ConfigError
 from rl_latent.data.format import ANSWER_PREFIX, cot_text, prompt_text
 from rl_latent.model.heads import HEAD_NAME, build_head
+from rollouts.sampler import left_pad
 from trainers.common import IGNORE, collate
 from trainers.recipe import Recipe, run_recipe_class
 
@@ -127,13 +128,6 @@ def stop_loss(dec_logits: torch.Tensor, k: torch.Tensor, eot_id: int) -> torch.T
     return (nll * valid).sum() / valid.sum()
 
 
-def _left_pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(len(r) for r in rows)
-    ids = torch.tensor([[pad] * (n - len(r)) + r for r in rows], device=device)
-    mask = torch.tensor([[0] * (n - len(r)) + [1] * len(r) for r in rows], device=device)
-    return ids, mask
-
-
 def student_forward(model: Any, rows: list[CodiRow], gold_mix: float, want_hidden: bool) -> dict[str, Any]:
     """The student's pass: prompt, then K_max latent steps one position at a time (rows past their K feed a
     masked pad), then ``<eot> answer <eos>`` teacher-forced. Returns the suffix output, the decision logits
@@ -142,7 +136,7 @@ def student_forward(model: Any, rows: list[CodiRow], gold_mix: float, want_hidde
     emb = model.lm.get_input_embeddings()
     pad = model.tokenizer.pad_token_id
     device = model.device
-    ids, mask = _left_pad([r.prompt_ids for r in rows], pad, device)
+    ids, mask = (t.to(device) for t in left_pad([r.prompt_ids for r in rows], pad))
     out = model(input_ids=ids, attention_mask=mask, use_cache=True, output_hidden_states=True)
     cache, dec = out.past_key_values, [out.logits[:, -1]]
     h = out.hidden_states[-1][:, -1]

@@ -108,3 +108,30 @@ def test_probe_records_top_tokens(latent_model, questions):
 def test_policy_must_fit_head(latent_model):
     with pytest.raises(ValueError, match="hidden head"):
         make_policy("hidden", "gumbel")
+
+
+def test_prefill_runs_each_distinct_prompt_once(latent_model, questions):
+    """A GRPO group repeats its prompt: the prefill runs the distinct prompts only, and every row gets
+    what its own forward gives (cache, last logits, every layer's last state)."""
+    from rl_latent.data.format import prompt_text
+    from rollouts.sampler import encode_prompts, left_pad, prefill
+
+    model = latent_model("soft")
+    qs = [questions[i % 3] for i in (0, 1, 2, 0, 0, 2, 1, 2)]
+    ids, mask = left_pad(
+        encode_prompts(model, [prompt_text({"question": q}) for q in qs]), model.tokenizer.pad_token_id
+    )
+    rows = []
+    hook = model.lm.register_forward_pre_hook(
+        lambda m, a, kw: rows.append(len(kw["input_ids"])), with_kwargs=True
+    )
+    cache, logits, states = prefill(model, ids, mask)
+    hook.remove()
+    assert rows == [3]
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, use_cache=True, output_hidden_states=True)
+    assert torch.allclose(logits, full.logits[:, -1].float(), atol=1e-5)
+    for s, hs in zip(states, full.hidden_states):
+        assert torch.allclose(s, hs[:, -1], atol=1e-5)
+    for a, b in zip(cache.layers, full.past_key_values.layers):
+        assert torch.allclose(a.keys, b.keys, atol=1e-5) and torch.allclose(a.values, b.values, atol=1e-5)
