@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -60,6 +61,7 @@ def grpo_run(
     from rl_latent.pipeline import run_recipe
     from rl_latent.tracking import read_jsonl
 
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run each time (a leftover checkpoint would be resumed)
     cfg = load_config(
         REPO / "configs" / "grpo-quickstart.yaml",
         [
