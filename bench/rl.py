@@ -8,7 +8,9 @@
    checkpointed every 250 steps; the start is the checkpoint whose validation accuracy is closest to 60%
    inside 40-80% (so that RL has room both ways). ``--reuse`` keeps models already trained in ``--out``.
 2. For each policy, GRPO (trainers/grpo.py, the real Ray + DeepSpeed loop) for ``--budget-s`` training
-   seconds. ``gumbel_compute`` adds the compute reward (a cost per latent step, on correct samples only).
+   seconds. ``gumbel_compute`` adds the compute reward (a cost per latent step, on correct samples only) and
+   starts from that checkpoint taught to think two thoughts per CoT step (``slack_start``: the step-aligned
+   start has no thought to spare).
 3. Held-out pass@1 / pass@8 (n = 16 samples per problem, unbiased estimator), greedy accuracy and latent
    steps at the start and at the end, on the same test problems and the same per-sample seeds.
 
@@ -70,6 +72,17 @@ def train_start(cfg, out: Path, stage: str, steps: int, reuse: bool, init_from: 
     return run
 
 
+def validation_accuracy(run: Path) -> float | None:
+    """The last validation accuracy a training run logged."""
+    accs = [
+        v
+        for r in read_jsonl(run / "metrics.jsonl")
+        for k, v in r.items()
+        if k.endswith("-validation/accuracy")
+    ]
+    return accs[-1] if accs else None
+
+
 def slack_start(base, out: Path, ckpt: Path, steps: int, reuse: bool, per_step: int = 2) -> Path:
     """``gumbel_compute``'s start: the RL start checkpoint taught to spend ``per_step`` thoughts on every CoT
     step (``latent.steps_per_cot_step``; each thought of a group is trained on that step's result).
@@ -105,6 +118,12 @@ def main() -> None:
     )
     ap.add_argument("--eval-problems", type=int, default=300, help="held-out problems for pass@k")
     ap.add_argument("--workers", type=int, default=2, help="Ray rollout workers")
+    ap.add_argument(
+        "--slack-steps",
+        type=int,
+        default=500,
+        help="CODI steps teaching gumbel_compute's start 2 thoughts a step",
+    )
     ap.add_argument("--reuse", action="store_true", help="reuse start models already trained in --out")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-rl"))
     ap.add_argument("overrides", nargs="*", help="dotted overrides of the GRPO config")
@@ -120,11 +139,16 @@ def main() -> None:
         run = train_start(base, out, stage, 2000, args.reuse, init_from=str(cot / "model"))
         starts[stage] = pick_start(run)
 
+    if "gumbel_compute" in args.policies.split(","):
+        ckpt, _ = starts["codi_soft"]
+        slack = slack_start(base, out, ckpt, args.slack_steps, args.reuse)
+        starts["slack"] = (slack, validation_accuracy(slack.parent))
+
     results: dict[str, dict] = {}
     for policy in [p for p in args.policies.split(",") if p]:
         if policy not in POLICIES:
             raise SystemExit(f"unknown policy {policy!r}; choose from {POLICIES}")
-        ckpt, start_acc = starts[HEAD_OF.get(policy, "codi_soft")]
+        ckpt, start_acc = starts["slack" if policy == "gumbel_compute" else HEAD_OF.get(policy, "codi_soft")]
         run = out / f"grpo-{policy}"
         shutil.rmtree(run, ignore_errors=True)
         rewards = ["correct", COMPUTE_REWARD] if policy == "gumbel_compute" else ["correct"]
