@@ -41,11 +41,16 @@ COMPUTE_REWARD = {"name": "compute", "weight": 0.1, "kwargs": {"unit": "latent_s
 KEYS = ("pass@1", "pass@8", "accuracy", "latent_steps")
 
 
+def _validation(row: dict) -> float | None:
+    """The validation accuracy a metrics row holds, if any."""
+    return next((v for k, v in row.items() if k.endswith("-validation/accuracy")), None)
+
+
 def pick_start(run: Path, lo: float = 0.4, hi: float = 0.8, target: float = 0.6) -> tuple[Path, float]:
     """The checkpoint whose validation accuracy is closest to ``target`` within [lo, hi]."""
     found = []
     for r in read_jsonl(run / "metrics.jsonl"):
-        acc = next((v for k, v in r.items() if k.endswith("-validation/accuracy")), None)
+        acc = _validation(r)
         ckpt = run / "checkpoints" / f"step-{r['step']:06d}" / "model"
         if acc is not None and lo <= acc <= hi and ckpt.is_dir():
             found.append((abs(acc - target), ckpt, acc))
@@ -74,12 +79,7 @@ def train_start(cfg, out: Path, stage: str, steps: int, reuse: bool, init_from: 
 
 def validation_accuracy(run: Path) -> float | None:
     """The last validation accuracy a training run logged."""
-    accs = [
-        v
-        for r in read_jsonl(run / "metrics.jsonl")
-        for k, v in r.items()
-        if k.endswith("-validation/accuracy")
-    ]
+    accs = [a for r in read_jsonl(run / "metrics.jsonl") if (a := _validation(r)) is not None]
     return accs[-1] if accs else None
 
 

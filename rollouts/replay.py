@@ -80,12 +80,18 @@ def replay_inputs(model: Any, traj: Trajectory) -> tuple[Tensor, Tensor, list[Te
     fed = fed_inputs(model, traj)
     with torch.no_grad():
         seqs = [torch.cat([emb(torch.tensor(p, device=device)), f]) for p, f in zip(traj.prompt_ids, fed)]
+    x, mask = _right_pad(seqs)
+    return x, mask, fed
+
+
+def _right_pad(seqs: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Embedding rows [L_b, d] right-padded with zeros: [B, L, d] and the attention mask [B, L]."""
     L = max(s.shape[0] for s in seqs)
-    x = torch.zeros(len(seqs), L, emb.weight.shape[1], dtype=emb.weight.dtype, device=device)
-    mask = torch.zeros(len(seqs), L, dtype=torch.long, device=device)
+    x = seqs[0].new_zeros(len(seqs), L, seqs[0].shape[1])
+    mask = torch.zeros(len(seqs), L, dtype=torch.long, device=seqs[0].device)
     for b, s in enumerate(seqs):
         x[b, : s.shape[0]], mask[b, : s.shape[0]] = s, 1
-    return x, mask, fed
+    return x, mask
 
 
 def replay(model: Any, traj: Trajectory, policy: LatentPolicy, hidden: bool = False) -> Replayed:
@@ -152,16 +158,10 @@ def _shared_prefix_forward(model: Any, traj: Trajectory) -> tuple[Tensor, Tensor
     (each distinct prompt once, its KV cache shared by its group's rows, see ``rollouts.sampler.prefill``),
     then every row's fed inputs, right-padded, on that cache. A group of G samples pays for its prompt once,
     forward and backward."""
-    emb = model.lm.get_input_embeddings()
     device = model.device
     ids, pmask = (t.to(device) for t in left_pad(traj.prompt_ids, model.tokenizer.pad_token_id))
     cache, bot_logits, states = prefill(model, ids, pmask)
-    fed = fed_inputs(model, traj)
-    F = max(f.shape[0] for f in fed)
-    x = torch.zeros(len(fed), F, emb.weight.shape[1], dtype=emb.weight.dtype, device=device)
-    fmask = torch.zeros(len(fed), F, dtype=pmask.dtype, device=device)
-    for b, f in enumerate(fed):
-        x[b, : f.shape[0]], fmask[b, : f.shape[0]] = f, 1
+    x, fmask = _right_pad(fed_inputs(model, traj))
     out = model(
         inputs_embeds=x, attention_mask=torch.cat([pmask, fmask], 1), past_key_values=cache, use_cache=True,
         output_hidden_states=True,
