@@ -219,6 +219,12 @@ def validate(cfg: Config) -> None:
     rl = cfg.rl
     if rl.group_size < 2 and cfg.train.recipe == "grpo":
         raise ConfigError(f"rl.group_size={rl.group_size}: GRPO needs at least 2 samples per prompt")
+    if not 1 <= rl.pass_k < max(rl.group_size, 2):
+        raise ConfigError(f"rl.pass_k={rl.pass_k}: needs 1 <= pass_k < rl.group_size={rl.group_size}")
+    if rl.pass_k > 1 and cfg.train.recipe != "grpo":
+        raise ConfigError(
+            f"rl.pass_k={rl.pass_k} shapes GRPO's group advantages; {cfg.train.recipe} has none"
+        )
     for key in ("prompts_per_step", "epochs", "minibatches", "workers", "trainer_ranks", "eval_n"):
         if getattr(rl, key) < 1:
             raise ConfigError(f"rl.{key}={getattr(rl, key)} must be >= 1")

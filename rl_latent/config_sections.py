@@ -152,6 +152,9 @@ class RLConfig:
         0.0, "weight of the k3 KL to the frozen initial policy (0: no reference model loaded)"
     )
     dr_grpo: bool = _f(False, "Dr.GRPO advantages: r - mean(group), no division by the group's std")
+    pass_k: int = _f(
+        1, "pass@k training: a sample's reward is the expected best of the k-subsets of its group holding it"
+    )
     answer_temperature: float = _f(1.0, "sampling temperature of the answer tokens in rollouts (0 = greedy)")
     rewards: list[Any] = _f(
         ["correct"],

@@ -9,6 +9,8 @@ with tokens:
 
     A_i   = (r_i - mean_G r) / (std_G r + eps)            GRPO (Shao et al. 2024, DeepSeekMath, eq. 3)
     A_i   =  r_i - mean_G r                                Dr.GRPO (Liu et al. 2025): no std division
+    A_i   = (E[max r_S | i in S] - E[max r_S]) / std(max r_S),  S a random k-subset of the group
+                                                           pass@k training (Chen et al. 2025), rl.pass_k
     rho_t = exp(log pi(c_t) - log pi_old(c_t))
     L     = 1/N sum_{i,t} [ -min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i)
                              + beta KL_k3(pi || pi_ref)_t ]                (clip-higher: DAPO, Yu et al. 2025)
@@ -20,6 +22,7 @@ trainers/learner.py; PPO (trainers/ppo.py) swaps the advantages for GAE over a v
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -35,16 +38,25 @@ def group_advantages(
     valid: Tensor | None = None,
     std_normalize: bool = True,
     eps: float = 1e-6,
+    k: int = 1,
 ) -> Tensor:
     """Per-sample advantages of groups of ``group_size`` consecutive samples (one prompt each).
 
     A_i = (r_i - mean_g) / (std_g + eps)  (GRPO), or r_i - mean_g  (Dr.GRPO, ``std_normalize=False``);
     mean/std over the group's valid samples (std unbiased=False); invalid samples get A = 0.
+    With ``k > 1`` the rewards are those of ``pass_at_k_rewards`` (a group of k samples scores its best).
     """
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     r = rewards.float().view(-1, group_size)
     v = torch.ones_like(r, dtype=torch.bool) if valid is None else valid.view(-1, group_size)
+    if k > 1:
+        adv = torch.zeros_like(r)
+        for g in range(r.shape[0]):
+            if v[g].sum() > k:  # with k valid samples or fewer every subset scores the same: A = 0
+                val, mean, std = pass_at_k_rewards(r[g][v[g]], k)
+                adv[g][v[g]] = (val - mean) / (std + eps) if std_normalize else val - mean
+        return adv.view(-1)
     n = v.sum(-1, keepdim=True).clamp(min=1)
     mean = (r * v).sum(-1, keepdim=True) / n
     adv = r - mean
@@ -52,6 +64,36 @@ def group_advantages(
         std = (((r - mean) ** 2 * v).sum(-1, keepdim=True) / n).sqrt()
         adv = adv / (std + eps)
     return torch.where(v, adv, 0.0).view(-1)
+
+
+def pass_at_k_rewards(r: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Pass@k training's rewards of one group of n samples (Chen et al. 2025, arXiv 2508.10751, sec. 3):
+    a k-subset S of the group scores max_{j in S} r_j (for 0/1 rewards: whether S passes), and
+
+        value_i = E_S[max r_S | i in S],   mean = E_S[max r_S],   std = sd_S(max r_S),
+
+    S uniform over the C(n, k) subsets. With the other n - 1 rewards sorted, o_(1) <= ... <= o_(n-1), the
+    best of the k - 1 others is o_(j) with probability C(j-1, k-2) / C(n-1, k-1), so
+    value_i = sum_j max(r_i, o_(j)) C(j-1, k-2) / C(n-1, k-1); over all n sorted rewards the subset's best is
+    r_(j) with probability C(j-1, k-1) / C(n, k). The values average to ``mean`` (each subset is counted
+    once per member), so value - mean is a zero-mean advantage. Exact (no sampling of subsets), O(n^2).
+    Returns (value [n], mean, std) in fp32.
+    """
+    n = r.numel()
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@k rewards need 1 <= k <= group size; got k={k}, n={n}")
+    r = r.float()
+    if k == 1:
+        return r, r.mean(), r.std(unbiased=False)
+    # P(a k-subset's best is the j-th smallest of the n), and P(the best of k-1 others is the j-th of n-1)
+    p_best = torch.tensor([math.comb(j - 1, k - 1) / math.comb(n, k) for j in range(1, n + 1)])
+    w = torch.tensor([math.comb(j - 1, k - 2) / math.comb(n - 1, k - 1) for j in range(1, n)])
+    srt = r.double().sort().values
+    mean = (p_best * srt).sum()
+    std = ((p_best * (srt - mean) ** 2).sum()).sqrt()
+    others = torch.stack([torch.cat([r[:i], r[i + 1 :]]) for i in range(n)]).double().sort(-1).values
+    value = (torch.maximum(r.double()[:, None], others) * w).sum(-1)
+    return value.float(), mean.float(), std.float()
 
 
 def positions(latent: Tensor, stop: Tensor, answer: Tensor, exits: Tensor | None = None) -> Tensor:

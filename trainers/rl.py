@@ -185,7 +185,9 @@ class RLRun:
         traj.rewards, traj.reward_components = scored.total, scored.components
         for line in scored.errors:
             self._say(f"step {self.step}: skipped {line}")
-        adv = group_advantages(scored.total, rl.group_size, scored.valid, std_normalize=not rl.dr_grpo)
+        adv = group_advantages(
+            scored.total, rl.group_size, scored.valid, std_normalize=not rl.dr_grpo, k=rl.pass_k
+        )
         t["reward"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         per_rank = len(traj) // rl.trainer_ranks

@@ -62,6 +62,10 @@ def test_bad_values_are_rejected_with_the_key():
         load_config(None, ["eval.ks=[1,8]"])
     with pytest.raises(ConfigError, match="stage"):
         load_config(None, ["stages=[cot_sft,codii]"])
+    with pytest.raises(ConfigError, match="rl.pass_k=8"):
+        load_config(None, ["train.recipe=grpo", "rl.group_size=8", "rl.pass_k=8"])
+    with pytest.raises(ConfigError, match="rl.pass_k=2.*ppo"):
+        load_config(None, ["train.recipe=ppo", "rl.pass_k=2"])
 
 
 def test_every_field_is_documented():

@@ -91,3 +91,46 @@ def test_grpo_with_exact_densities_learns_a_one_step_bandit(name, kw):
             loss.mean().backward()
             opt.step()
     assert torch.softmax(logits, -1)[0] > 0.6
+
+
+def test_pass_at_k_rewards_match_enumerating_every_subset():
+    import itertools
+
+    from trainers.grpo import pass_at_k_rewards
+
+    r = torch.tensor([0.3, -1.0, 2.0, 0.3, 0.0, 1.5, -0.2])
+    for k in (2, 3, 5):
+        value, mean, std = pass_at_k_rewards(r, k)
+        subsets = list(itertools.combinations(range(7), k))
+        best = torch.tensor([float(r[list(s)].max()) for s in subsets])
+        torch.testing.assert_close(mean, best.mean())
+        torch.testing.assert_close(std, best.std(unbiased=False))
+        each = torch.stack([best[[i in s for s in subsets]].mean() for i in range(7)])
+        torch.testing.assert_close(value, each)
+        torch.testing.assert_close(value.mean(), mean)  # a zero-mean advantage
+
+
+def test_pass_at_k_advantages_have_the_papers_closed_form_for_01_rewards():
+    # Chen et al. 2025: mean = 1 - C(n_neg, k) / C(n, k); a failure scores 1 - C(n_neg-1, k-1) / C(n-1, k-1)
+    n, k, c = 8, 4, 2
+    r = torch.tensor([1.0] * c + [0.0] * (n - c))
+    mean = 1 - math.comb(n - c, k) / math.comb(n, k)
+    std = math.sqrt(mean * (1 - mean))
+    fail = 1 - math.comb(n - c - 1, k - 1) / math.comb(n - 1, k - 1)
+    expect = torch.tensor([(1 - mean) / std] * c + [(fail - mean) / std] * (n - c))
+    torch.testing.assert_close(group_advantages(r, n, k=k, eps=0.0), expect)
+    # a group where every k-subset passes (c >= n - k + 1) teaches nothing: no push on problems already solved
+    easy = torch.tensor([1.0] * 5 + [0.0] * 3)
+    assert torch.equal(group_advantages(easy, n, k=k), torch.zeros(n))
+    assert group_advantages(easy, n, k=1).abs().sum() > 0  # where plain GRPO still sharpens
+    # k = 1 is plain GRPO
+    r = torch.tensor([0.0, 1.0, 1.0, 0.5, 2.0, 0.0, 0.0, 1.0])
+    torch.testing.assert_close(group_advantages(r, 4, k=1), group_advantages(r, 4))
+
+
+def test_pass_at_k_advantages_leave_skipped_samples_out():
+    r = torch.tensor([1.0, 0.0, 0.0, 9.0, 0.0, 0.0])
+    valid = torch.tensor([True, True, True, False, True, True])
+    a = group_advantages(r, 6, valid=valid, k=2)
+    assert a[3] == 0.0
+    torch.testing.assert_close(a[valid], group_advantages(r[valid], 5, k=2))
