@@ -221,9 +221,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"rl.group_size={rl.group_size}: GRPO needs at least 2 samples per prompt")
     if not 1 <= rl.pass_k < max(rl.group_size, 2):
         raise ConfigError(f"rl.pass_k={rl.pass_k}: needs 1 <= pass_k < rl.group_size={rl.group_size}")
-    if rl.pass_k > 1 and cfg.train.recipe != "grpo":
+    if not 0.0 <= rl.positive_weight <= 1.0:
+        raise ConfigError(f"rl.positive_weight={rl.positive_weight} must be in [0, 1]")
+    if (rl.pass_k > 1 or rl.positive_weight != 1.0) and cfg.train.recipe != "grpo":
         raise ConfigError(
-            f"rl.pass_k={rl.pass_k} shapes GRPO's group advantages; {cfg.train.recipe} has none"
+            f"rl.pass_k={rl.pass_k}, rl.positive_weight={rl.positive_weight} shape GRPO's group advantages; "
+            f"{cfg.train.recipe} has none"
         )
     for key in ("prompts_per_step", "epochs", "minibatches", "workers", "trainer_ranks", "eval_n"):
         if getattr(rl, key) < 1:

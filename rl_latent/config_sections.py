@@ -108,6 +108,10 @@ class LatentConfig:
     max_steps: int = _f(8, "cap on latent steps in adaptive mode (the stop is forced there)")
     steps_per_cot_step: int = _f(1, "adaptive mode: target latent steps = lead_steps + this x the CoT steps")
     lead_steps: int = _f(0, "adaptive mode: free latent steps before the first step-aligned one")
+    pad_steps: int = _f(
+        0,
+        "CODI, adaptive mode: each row's target adds 0..N thoughts repeating the final result (overthinking)",
+    )
     answer_prefix: bool = _f(
         False,
         "student answers `<eot> The answer is: N` (CODI's text) instead of `<eot> N` (4 fewer positions)",
@@ -154,6 +158,9 @@ class RLConfig:
     dr_grpo: bool = _f(False, "Dr.GRPO advantages: r - mean(group), no division by the group's std")
     pass_k: int = _f(
         1, "pass@k training: a sample's reward is the expected best of the k-subsets of its group holding it"
+    )
+    positive_weight: float = _f(
+        1.0, "scale of positive advantages (W-REINFORCE: 0.1 learns mostly from failures, keeps diversity)"
     )
     answer_temperature: float = _f(1.0, "sampling temperature of the answer tokens in rollouts (0 = greedy)")
     rewards: list[Any] = _f(

@@ -12,15 +12,18 @@ soft variant. One model plays teacher and student in every batch:
 ``P(h)`` or soft ``sum_i p_i E[S_i]`` over the LM head's top-k, and gradients flow through every step (the
 latent steps run one position at a time on a KV cache). Adaptive length: the LM head at decision j (outputs
 at ``<bot>``, z_1, ..) is trained to say ``<eot>`` exactly at j = K = steps_per_cot_step x (CoT steps), a
-binary cross-entropy on p(<eot>) (``stop``). Step-aligned (``align > 0``, soft head): the last decision of
-each group of steps_per_cot_step is trained with cross-entropy against that CoT step's result, so a soft
-thought is a distribution over candidate intermediate values; the gold result's embedding is fed at first
+binary cross-entropy on p(<eot>) (``stop``); ``latent.pad_steps`` = N adds 0..N thoughts (uniform, fixed per
+row) repeating the final result: a model that overthinks, so a compute reward has thoughts to cut.
+Step-aligned (``align > 0``, soft head): the last decision of each group of steps_per_cot_step is trained
+with cross-entropy against that CoT step's result, so a soft thought is a distribution over candidate
+intermediate values; the gold result's embedding is fed at first
 and mixed linearly into the soft thought over ``gold_anneal_steps``. Left-padded batches get mask-derived
 positions, and negative answers are kept.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +69,7 @@ def encode_codi(rows: Any, model: Any, cfg: Config) -> tuple[list[CodiRow], int]
     """Every training row as teacher and student sequences; rows longer than ``data.max_len`` are dropped."""
     tok, lc, cc = model.tokenizer, cfg.latent, cfg.codi
     out, dropped = [], 0
+    rng = random.Random(cfg.train.seed)  # latent.pad_steps: each row's own number of wasted thoughts
     for r in rows:
         answer = r["answer"].strip()  # a negative answer ("-3") is kept: the sign is part of the answer text
         steps = list(r["steps"])
@@ -78,7 +82,8 @@ def encode_codi(rows: Any, model: Any, cfg: Config) -> tuple[list[CodiRow], int]
         s_text = f" {ANSWER_PREFIX} {answer}" if lc.answer_prefix else f" {answer}"
         s_ids, s_idx = answer_emit_index(tok, s_text, answer)
         n_steps = int(r.get("num_steps") or len(r["steps"]))
-        adaptive_k = lc.lead_steps + n_steps * lc.steps_per_cot_step
+        pad = rng.randint(0, lc.pad_steps) if lc.pad_steps and lc.fixed_steps == 0 else 0
+        adaptive_k = lc.lead_steps + n_steps * lc.steps_per_cot_step + pad
         k = lc.fixed_steps if lc.fixed_steps > 0 else min(lc.max_steps, max(1, adaptive_k))
         results = []
         if cc.align > 0:
@@ -88,7 +93,7 @@ def encode_codi(rows: Any, model: Any, cfg: Config) -> tuple[list[CodiRow], int]
             results = [IGNORE] * (0 if lc.fixed_steps > 0 else lc.lead_steps)
             for v in r["step_results"]:
                 results += [IGNORE] * (m - 1) + [tok(f" {v}", add_special_tokens=False)["input_ids"][0]]
-            results = results[:k]
+            results = (results + results[-1:] * pad)[:k]  # padding thoughts say the final result again
         teacher = q_ids + t_ids + [tok.eos_token_id]
         if len(teacher) > cfg.data.max_len:
             dropped += 1

@@ -11,6 +11,7 @@ with tokens:
     A_i   =  r_i - mean_G r                                Dr.GRPO (Liu et al. 2025): no std division
     A_i   = (E[max r_S | i in S] - E[max r_S]) / std(max r_S),  S a random k-subset of the group
                                                            pass@k training (Chen et al. 2025), rl.pass_k
+    A_i  <- lambda A_i where A_i > 0                       W-REINFORCE (Zhu et al. 2025), rl.positive_weight
     rho_t = exp(log pi(c_t) - log pi_old(c_t))
     L     = 1/N sum_{i,t} [ -min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i)
                              + beta KL_k3(pi || pi_ref)_t ]                (clip-higher: DAPO, Yu et al. 2025)
@@ -39,13 +40,24 @@ def group_advantages(
     std_normalize: bool = True,
     eps: float = 1e-6,
     k: int = 1,
+    positive_weight: float = 1.0,
 ) -> Tensor:
     """Per-sample advantages of groups of ``group_size`` consecutive samples (one prompt each).
 
     A_i = (r_i - mean_g) / (std_g + eps)  (GRPO), or r_i - mean_g  (Dr.GRPO, ``std_normalize=False``);
     mean/std over the group's valid samples (std unbiased=False); invalid samples get A = 0.
     With ``k > 1`` the rewards are those of ``pass_at_k_rewards`` (a group of k samples scores its best).
+    ``positive_weight`` scales the positive advantages: W-REINFORCE (Zhu et al. 2025, "The Surprising
+    Effectiveness of Negative Reinforcement in LLM Reasoning") learns mostly from the failures (0.1), which
+    moves probability off wrong samples in proportion to the rest and so keeps the policy's diversity.
     """
+    adv = _group_advantages(rewards, group_size, valid, std_normalize, eps, k)
+    return torch.where(adv > 0, positive_weight * adv, adv)
+
+
+def _group_advantages(
+    rewards: Tensor, group_size: int, valid: Tensor | None, std_normalize: bool, eps: float, k: int
+) -> Tensor:
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
     r = rewards.float().view(-1, group_size)

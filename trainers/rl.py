@@ -186,7 +186,12 @@ class RLRun:
         for line in scored.errors:
             self._say(f"step {self.step}: skipped {line}")
         adv = group_advantages(
-            scored.total, rl.group_size, scored.valid, std_normalize=not rl.dr_grpo, k=rl.pass_k
+            scored.total,
+            rl.group_size,
+            scored.valid,
+            std_normalize=not rl.dr_grpo,
+            k=rl.pass_k,
+            positive_weight=rl.positive_weight,
         )
         t["reward"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -328,6 +333,7 @@ class RLRun:
             "positions": final["positions"],
             **{f"pass@{k}": final[f"pass@{k}"] for k in self.cfg.rl.eval_ks},
             "latent_steps": final["latent_steps"],
+            "greedy_latent_steps": final["greedy_latent_steps"],
             "layer_evals": final["layer_evals"],
             "train_seconds": round(self.train_seconds, 1),
             "steps": self.step,
@@ -336,7 +342,12 @@ class RLRun:
             "plot": str(self.dir / "pass_at_k.png"),
         }
         if self.first_eval is not None:
-            keys = ["accuracy", "latent_steps", *(f"pass@{k}" for k in self.cfg.rl.eval_ks)]
+            keys = [
+                "accuracy",
+                "latent_steps",
+                "greedy_latent_steps",
+                *(f"pass@{k}" for k in self.cfg.rl.eval_ks),
+            ]
             summary.update({f"start/{k}": self.first_eval[k] for k in keys})
         self.tracker.summary(summary)
         self.tracker.finish()

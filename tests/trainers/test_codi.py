@@ -80,6 +80,19 @@ def test_encode_keeps_negative_answers_and_finds_both_emitters():
     assert [r.k for r in enc] == [2, 1, 5] and enc[2].results == tok(" 1 7 6 8 5")["input_ids"]
 
 
+def test_pad_steps_add_thoughts_that_repeat_the_final_result():
+    model = make_latent_model("soft")
+    rows = _rows() * 20
+    base, _ = encode_codi(rows, model, _cfg("codi.align=1.0", "latent.head=soft"))
+    pad, _ = encode_codi(rows, model, _cfg("codi.align=1.0", "latent.head=soft", "latent.pad_steps=2"))
+    extra = [p.k - b.k for p, b in zip(pad, base)]
+    assert set(extra) == {0, 1, 2}  # each row draws its own 0..N
+    for p, b, e in zip(pad, base, extra):
+        assert p.results == b.results + b.results[-1:] * e  # the wasted thoughts say the final result
+    again, _ = encode_codi(rows, model, _cfg("codi.align=1.0", "latent.head=soft", "latent.pad_steps=2"))
+    assert [r.k for r in again] == [r.k for r in pad]  # fixed by train.seed
+
+
 def test_student_pass_is_independent_of_batch_neighbours():
     model = make_latent_model("soft")
     model.latent_extra["latent"]["max_steps"] = 8

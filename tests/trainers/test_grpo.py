@@ -134,3 +134,11 @@ def test_pass_at_k_advantages_leave_skipped_samples_out():
     a = group_advantages(r, 6, valid=valid, k=2)
     assert a[3] == 0.0
     torch.testing.assert_close(a[valid], group_advantages(r[valid], 5, k=2))
+
+
+def test_positive_weight_scales_only_the_positive_advantages():
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0])
+    plain = group_advantages(r, 4)
+    w = group_advantages(r, 4, positive_weight=0.1)
+    torch.testing.assert_close(w, torch.where(plain > 0, 0.1 * plain, plain))
+    assert (w < 0).sum() == (plain < 0).sum() == 4  # every failure keeps its full push down
