@@ -16,9 +16,8 @@ binary cross-entropy on p(<eot>) (``stop``); ``latent.pad_steps`` = N adds 0..N 
 row) repeating the final result: a model that overthinks, so a compute reward has thoughts to cut.
 Step-aligned (``align > 0``, soft head): the last decision of each group of steps_per_cot_step is trained
 with cross-entropy against that CoT step's result, so a soft thought is a distribution over candidate
-intermediate values; the gold result's embedding is fed at first
-and mixed linearly into the soft thought over ``gold_anneal_steps``. Left-padded batches get mask-derived
-positions, and negative answers are kept.
+intermediate values; the gold result's embedding is fed at first and mixed linearly into the soft thought
+over ``gold_anneal_steps``. Left-padded batches get mask-derived positions, and negative answers are kept.
 """
 
 from __future__ import annotations
