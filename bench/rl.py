@@ -92,7 +92,7 @@ def slack_start(base, out: Path, ckpt: Path, steps: int, reuse: bool, pad: int =
     reads, and capping it one thought short costs 14 points of greedy accuracy (0.573 -> 0.437 with
     ``max_steps`` 3). Two thoughts per CoT step (session 5) did not help: the pair's first thought is half
     the step. A model whose extra thoughts are truly redundant is where a compute reward has something to
-    cut, and the bench checks that GRPO finds the earliest stop without losing accuracy.
+    cut; the bench measures whether GRPO finds the earliest stop without losing accuracy.
     """
     run = out / f"codi_soft_pad{pad}"
     if reuse and (run / "model" / "config.json").is_file():
