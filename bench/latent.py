@@ -100,9 +100,11 @@ def main() -> None:
     print(json.dumps(results, indent=2))
 
 
-def measure(model_dir: str, cfg, latency_problems: int, lam: float | None = None) -> tuple[dict, dict]:
+def measure(
+    model_dir: str, cfg, latency_problems: int, lam: float | None = None, exit_at: int | None = None
+) -> tuple[dict, dict]:
     """Greedy accuracy and compute on the test split, batch-1 latency, batch-64 throughput (``lam``: decode a
-    System-1.5 model with this exit threshold)."""
+    System-1.5 model with this exit threshold; ``exit_at``: with every position exiting at this layer)."""
     import torch
 
     from rl_latent.data.build import load_splits
@@ -114,6 +116,8 @@ def measure(model_dir: str, cfg, latency_problems: int, lam: float | None = None
     model = LatentReasoner.from_pretrained(model_dir)
     if lam is not None:
         model.latent_extra["shortcut"]["lam"] = lam
+    if exit_at is not None:
+        model.latent_extra["shortcut"]["exit_at"] = exit_at
     kw = dict(max_new_tokens=cfg.eval.max_new_tokens, progress=False, latent=cfg.latent)
     full = evaluate(model, test, batch_size=cfg.eval.batch_size, **kw)
     torch.manual_seed(0)

@@ -10,7 +10,10 @@ Then GRPO from the System-1.5 model with its exits as actions under a compute re
 ``--rl-budget-s`` seconds on Ray workers and a DeepSpeed rank). Measures every model on the test split,
 System-1.5 models once per lambda: greedy ``accuracy``, generated
 ``positions``, ``layer_evals`` and ``flops`` per answer, ``latency_b1_ms`` (problems one at a time) and
-``samples_per_s_b64``. Prints one JSON object and writes ``accuracy_vs_compute.png`` into ``--out``.
+``samples_per_s_b64``. ``system15_depth@l`` decodes the System-1.5 model with every generated position
+leaving at router layer ``l`` through its adapter (a static depth, routers ignored): how much of the top of
+the stack an adapter can stand in for, the ceiling on exits at critical positions. Prints one JSON object
+and writes ``accuracy_vs_compute.png`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ def main() -> None:
         "--rl-layer-scale", type=float, default=100.0,
         help="system15_rl: compute reward = -layer_evals / this, on correct answers",
     )  # fmt: skip
+    ap.add_argument(
+        "--no-static-depth", dest="static_depth", action="store_false",
+        help="skip system15_depth@l (every position exits at router layer l)",
+    )  # fmt: skip
     ap.add_argument("--reuse", action="store_true", help="reuse models already trained in --out")
     ap.add_argument("--latency-problems", type=int, default=30, help="problems timed one at a time")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-shortcuts"))
@@ -96,6 +103,8 @@ def main() -> None:
             name = method if lam is None else f"{method}@{lam:g}"
             results[name] = res
             print(f"{name}: {json.dumps(res)}", file=sys.stderr)
+    if args.static_depth:
+        results.update(static_depths(model_dirs["system15"], stage_config(cfg, "system15"), args))
     if args.rl_budget_s > 0:
         results.update(
             system15_rl(cfg, args, model_dirs["system15"], [float(x) for x in args.lams.split(",")])
@@ -103,6 +112,19 @@ def main() -> None:
     out = {**results, "targets": targets(results), "task": task_of(cfg)}
     plot(results, Path(args.out) / "accuracy_vs_compute.png")
     print(json.dumps(out, indent=2))
+
+
+def static_depths(model_dir: str, scfg, args) -> dict[str, dict]:
+    """The System-1.5 model decoded at each static depth: every generated position exits at router layer l."""
+    from rl_latent.model import LatentReasoner
+
+    layers = LatentReasoner.from_pretrained(model_dir).heads["shortcuts"].layers
+    out = {}
+    for li in layers:
+        res, _ = bench_latent.measure(model_dir, scfg, args.latency_problems, exit_at=li)
+        out[f"system15_depth@{li}"] = res
+        print(f"system15_depth@{li}: {json.dumps(res)}", file=sys.stderr)
+    return out
 
 
 def system15_rl(cfg, args, start: str, lams: list[float]) -> dict[str, dict]:
@@ -187,6 +209,11 @@ def plot(results: dict[str, dict], path: Path) -> None:
         ax.plot([x for x, _, _ in s15], [y for _, y, _ in s15], "o-", label="System-1.5 (lambda)")
         for x, y, k in s15:
             ax.annotate(k.split("@")[1], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    depth = sorted(
+        (r["layer_evals"], r["accuracy"]) for k, r in results.items() if k.startswith("system15_depth@")
+    )
+    if depth:
+        ax.plot([x for x, _ in depth], [y for _, y in depth], "x--", label="static depth (every position)")
     for k in ("codi", "cot_sft"):
         if k in results:
             ax.plot(results[k]["layer_evals"], results[k]["accuracy"], "s", label=k)

@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--lam", type=float, default=None,
         help="System-1.5 models: decode with this exit threshold (default: the model's; >= 1: no exits)",
     )  # fmt: skip
+    sp.add_argument(
+        "--exit-at", type=int, default=None,
+        help="System-1.5 models: every position exits at this router layer (a static depth; the routers are "
+        "ignored)",
+    )  # fmt: skip
     sp.set_defaults(fn=_cmd_eval)
     return p
 

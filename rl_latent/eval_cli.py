@@ -36,6 +36,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, float]:
     from rl_latent.data.build import dataset_name, load_eval_data, load_splits
     from rl_latent.evaluate import evaluate
     from rl_latent.model import LatentReasoner
+    from rl_latent.model.shortcuts import shortcut_exit_at
     from rl_latent.tracking import Tracker, plot_bars
 
     model_dir = resolve_model_dir(args.checkpoint)
@@ -65,12 +66,19 @@ def run_eval(args: argparse.Namespace) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
 
     model = LatentReasoner.from_pretrained(str(model_dir))
-    if getattr(args, "lam", None) is not None:
+    for key in ("lam", "exit_at"):
+        if getattr(args, key, None) is None:
+            continue
+        flag = "--" + key.replace("_", "-")
         if "shortcut" not in model.latent_extra:
             raise SystemExit(
-                f"--lam: {model_dir} has no System-1.5 shortcuts (train it with the system15 stage)"
+                f"{flag}: {model_dir} has no System-1.5 shortcuts (train it with the system15 stage)"
             )
-        model.latent_extra["shortcut"]["lam"] = args.lam
+        model.latent_extra["shortcut"][key] = getattr(args, key)
+    try:
+        shortcut_exit_at(model)
+    except ValueError as e:
+        raise SystemExit(f"--exit-at: {e}") from None
     print(f"evaluating {model_dir} on {name} ({len(data)} problems, {n_samples} sample(s) each)")
     t0 = time.perf_counter()
     res = evaluate(

@@ -23,6 +23,7 @@ from rl_latent.model.heads import HEAD_NAME
 from rl_latent.model.shortcuts import (
     SHORTCUT_NAME,
     has_shortcuts,
+    shortcut_exit_at,
     shortcut_flops,
     shortcut_lambda,
     shortcut_step,
@@ -123,6 +124,7 @@ def rollout(
     metadata: list[dict[str, Any]] | None = None,
     lam: float | None = None,
     learn_exits: bool = False,
+    exit_at: int | None = None,
 ) -> Trajectory:
     """Roll out ``questions`` (raw question text) through the latent phase and the answer.
 
@@ -134,7 +136,9 @@ def rollout(
     A model with System-1.5 shortcuts exits positions early where its routers pass ``lam`` (default: the
     threshold it was trained with, ``latent_extra["shortcut"]["lam"]``); compute counts the blocks run.
     ``learn_exits`` samples the exits instead (Bernoulli(w) per router: the RL action of latent.learn_exits)
-    and stores each position's exit layer and log-prob in the trajectory.
+    and stores each position's exit layer and log-prob in the trajectory. ``exit_at`` (default: the model's
+    ``latent_extra["shortcut"]["exit_at"]``, normally unset) exits every position at that router layer instead
+    (a static depth).
     """
     head = thought_head(model)
     settings = latent_settings(model)
@@ -160,7 +164,10 @@ def rollout(
     h = states[-1]
     sample_exits = learn_exits and has_shortcuts(model)
     lam = shortcut_lambda(model, lam)
-    shortcuts = sample_exits or lam is not None
+    static = None if sample_exits else shortcut_exit_at(model, exit_at)
+    if static is not None:
+        lam, static = None, torch.full((B,), static, dtype=torch.long, device=device)
+    shortcuts = sample_exits or lam is not None or static is not None
     prev = states[:-1] + [None] if shortcuts else None
     layers_run: list[list[int]] = [[model.num_layers] for _ in range(B)]  # the prompt's last position: full
     exit_record: list[list[tuple[int, float]]] = [[] for _ in range(B)]  # per fed position: (layer, log-prob)
@@ -224,7 +231,9 @@ def rollout(
                 lambda p, g, n=n_r: (torch.rand(p.shape[0], n, generator=g, device=p.device),), nxt,
                 generators, generator,
             )  # fmt: skip
-        so = shortcut_step(model, nxt[:, None], mask, cache, prev=prev, latent=latent_in, lam=lam, uniforms=u)
+        so = shortcut_step(
+            model, nxt[:, None], mask, cache, prev=prev, latent=latent_in, lam=lam, exits=static, uniforms=u
+        )
         prev = so.states
         logits, h = so.logits.float(), so.hidden
         for b in (phase < 2).nonzero()[:, 0].tolist():

@@ -126,6 +126,23 @@ def shortcut_lambda(model: Any, lam: float | None = None) -> float | None:
     )  # sigmoid(.) > 1 never holds: the plain forward is the same computation
 
 
+def shortcut_exit_at(model: Any, exit_at: int | None = None) -> int | None:
+    """The static depth to decode with: ``exit_at``, else the model's own
+    (``latent_extra["shortcut"]["exit_at"]``, normally unset). Every generated position then exits at that
+    router layer whatever its router says (blocks 0..exit_at-1 run): the static-depth baseline of early-exit
+    work, and a probe of how well each adapter stands in for the blocks above it. None: the routers decide."""
+    if not has_shortcuts(model):
+        return None
+    if exit_at is None:
+        exit_at = model.latent_extra.get("shortcut", {}).get("exit_at")
+    if exit_at is None:
+        return None
+    layers = model.heads[SHORTCUT_NAME].layers
+    if int(exit_at) not in layers:
+        raise ValueError(f"exit_at={exit_at}: the model's shortcuts exit only at router layers {layers}")
+    return int(exit_at)
+
+
 def shortcut_flops(model: Any, blocks_run: list[int]) -> float:
     """FLOPs beside the blocks for positions that ran ``blocks_run[j]`` blocks: every router reached, one exit
     state when the position exited, and the key/value projections of its copied state in each skipped
@@ -314,4 +331,4 @@ def shortcut_forward(
 
 
 __all__ = ["SHORTCUT_NAME", "Adapter", "Router", "Shortcuts", "StepOut", "has_shortcuts", "kv_only",
-           "shortcut_forward", "shortcut_step"]  # fmt: skip
+           "shortcut_exit_at", "shortcut_forward", "shortcut_step"]  # fmt: skip

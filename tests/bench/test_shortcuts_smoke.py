@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 KEYS = {
     "accuracy",
@@ -37,6 +39,10 @@ def test_shortcuts_bench_prints_one_json_object_and_a_plot(tmp_path):
     for key in ("accuracy", "positions", "layer_evals", "flops"):
         assert res["system15@1"][key] == res["codi"][key], key
     assert res["system15@0.2"]["layer_evals"] <= res["codi"]["layer_evals"]
+    # static depths: every generated position runs l blocks (the prompt's last position runs all 2)
+    for li in (0, 1):
+        r = res[f"system15_depth@{li}"]
+        assert r["layer_evals"] == pytest.approx(2 + (r["positions"] - 1) * li, abs=0.01), li
     assert res["task"]["nl_cot"] is True and res["task"]["seed"] == 3
     assert "best" in res["targets"]
     for lam in ("0.2", "1"):  # GRPO with learned exits ran, then the same measurements

@@ -125,6 +125,25 @@ def test_compute_counts_the_blocks_run_and_batching_changes_nothing():
     assert [o.compute[0].layer_evals for o in one] == [c.layer_evals for c in out.compute]
 
 
+@torch.no_grad()
+def test_a_static_depth_exits_every_position_at_that_layer_whatever_the_routers_say():
+    never = with_shortcuts("llama", layers=(0, 1), router_bias=-30.0)  # its routers never fire
+    L = never.num_layers
+    static = rollout(never, QUESTIONS, max_answer_tokens=6, exit_at=1)
+    for c in static.compute:
+        assert c.layer_evals == L + (c.positions - 1) * 1
+    # the same decode as routers that fire at layer 1 and nowhere else
+    fire = with_shortcuts("llama", layers=(0, 1), router_bias=-30.0)
+    fire.heads[SHORTCUT_NAME].routers["1"].net[-1].bias.fill_(30.0)
+    routed = rollout(fire, QUESTIONS, max_answer_tokens=6, lam=0.5)
+    assert static.answers == routed.answers
+    assert [c.layer_evals for c in static.compute] == [c.layer_evals for c in routed.compute]
+    never.latent_extra["shortcut"] = {"lam": 0.5, "exit_at": 1}  # the model's own setting is read too
+    assert rollout(never, QUESTIONS, max_answer_tokens=6).answers == static.answers
+    with pytest.raises(ValueError, match=r"exit_at=2: .* router layers \[0, 1\]"):
+        rollout(never, QUESTIONS, max_answer_tokens=6, exit_at=2)
+
+
 def test_checkpoint_round_trip_keeps_shortcuts_and_lambda(tmp_path):
     model = with_shortcuts("llama")
     model.latent_extra["shortcut"] = {"lam": 0.3}
