@@ -243,7 +243,7 @@ def rollout(
     return _pack(
         model, head, policy, prompt_ids, questions, targets, decisions, answers, probe, n_dec, n_lat, n_ans,
         answer_temperature, wall, weights_version, metadata, layers_run if shortcuts else None,
-        exit_record if sample_exits else None,
+        exit_record if sample_exits else None, routed=static is None,
     )  # fmt: skip
 
 
@@ -352,7 +352,7 @@ def _answer_tokens(
 
 def _pack(
     model, head, policy, prompt_ids, questions, targets, decisions, answers, probe, n_dec, n_lat, n_ans,
-    temperature, wall, version, meta, layers_run=None, exit_record=None,
+    temperature, wall, version, meta, layers_run=None, exit_record=None, routed=True,
 ) -> Trajectory:  # fmt: skip
     B = len(prompt_ids)
     J, A = max(1, int(n_dec.max())), max(1, int(n_ans.max()))
@@ -405,7 +405,7 @@ def _pack(
             layers_per_position=None if layers_run is None else layers_run[b][: 1 + int(a) + int(n)],
             extra_flops=0.0
             if layers_run is None
-            else shortcut_flops(model, layers_run[b][: 1 + int(a) + int(n)]),
+            else shortcut_flops(model, layers_run[b][1 : 1 + int(a) + int(n)], routed),  # [0] ran no router
             **lm_shape,
         )  # fmt: skip
         for b, (p, a, n) in enumerate(zip(prompt_ids, n_ans.tolist(), n_lat.tolist()))

@@ -143,10 +143,10 @@ def shortcut_exit_at(model: Any, exit_at: int | None = None) -> int | None:
     return int(exit_at)
 
 
-def shortcut_flops(model: Any, blocks_run: list[int]) -> float:
-    """FLOPs beside the blocks for positions that ran ``blocks_run[j]`` blocks: every router reached, one exit
-    state when the position exited, and the key/value projections of its copied state in each skipped
-    block."""
+def shortcut_flops(model: Any, blocks_run: list[int], routed: bool = True) -> float:
+    """FLOPs beside the blocks for positions that ran ``blocks_run[j]`` blocks: every router reached (when
+    ``routed``: a static depth runs none), one exit state when the position exited, and the key/value
+    projections of its copied state in each skipped block."""
     sc = model.heads[SHORTCUT_NAME]
     per = sc.flops()
     cfg = model.config
@@ -154,7 +154,7 @@ def shortcut_flops(model: Any, blocks_run: list[int]) -> float:
     kv_dim = cfg.hidden_size // cfg.num_attention_heads * n_kv
     total = 0.0
     for r in blocks_run:
-        total += per["router"] * sum(1 for li in sc.layers if li <= r and li < model.num_layers)
+        total += routed * per["router"] * sum(1 for li in sc.layers if li <= r and li < model.num_layers)
         if r < model.num_layers:
             total += per["exit"] + (model.num_layers - r) * 2.0 * 2 * cfg.hidden_size * kv_dim
     return total

@@ -138,6 +138,10 @@ def test_a_static_depth_exits_every_position_at_that_layer_whatever_the_routers_
     routed = rollout(fire, QUESTIONS, max_answer_tokens=6, lam=0.5)
     assert static.answers == routed.answers
     assert [c.layer_evals for c in static.compute] == [c.layer_evals for c in routed.compute]
+    # the routed decode ran both routers at every generated position after the prompt's; the static one none
+    router = fire.heads[SHORTCUT_NAME].flops()["router"]
+    for s, r in zip(static.compute, routed.compute):
+        assert r.flops - s.flops == pytest.approx(router * 2 * (r.positions - 1))
     never.latent_extra["shortcut"] = {"lam": 0.5, "exit_at": 1}  # the model's own setting is read too
     assert rollout(never, QUESTIONS, max_answer_tokens=6).answers == static.answers
     with pytest.raises(ValueError, match=r"exit_at=2: .* router layers \[0, 1\]"):
