@@ -172,10 +172,10 @@ def main() -> None:
             "start": start,
             "end": end,
             "gain": {k: round(end[k] - start[k], 4) for k in ("pass@1", "pass@8", "accuracy")},
-            "latent_steps_change": round(end["latent_steps"] / max(start["latent_steps"], 1e-9) - 1, 4),
-            "greedy_latent_steps_change": round(
-                end["greedy_latent_steps"] / max(start["greedy_latent_steps"], 1e-9) - 1, 4
-            ),
+            **{
+                f"{k}_change": round(end[k] / max(start[k], 1e-9) - 1, 4)
+                for k in ("latent_steps", "greedy_latent_steps")
+            },
             "rl_steps": summary["steps"],
             "train_seconds": summary["train_seconds"],
             "start_checkpoint": str(ckpt),

@@ -164,9 +164,9 @@ def rollout(
     h = states[-1]
     sample_exits = learn_exits and has_shortcuts(model)
     lam = shortcut_lambda(model, lam)
-    static = None if sample_exits else shortcut_exit_at(model, exit_at)
-    if static is not None:
-        lam, static = None, torch.full((B,), static, dtype=torch.long, device=device)
+    depth = None if sample_exits else shortcut_exit_at(model, exit_at)
+    static = None if depth is None else torch.full((B,), depth, dtype=torch.long, device=device)
+    lam = lam if depth is None else None  # a static depth overrides the routers
     shortcuts = sample_exits or lam is not None or static is not None
     prev = states[:-1] + [None] if shortcuts else None
     layers_run: list[list[int]] = [[model.num_layers] for _ in range(B)]  # the prompt's last position: full
