@@ -139,6 +139,11 @@ class CodiConfig:
     gold_anneal_steps: int = _f(
         0, "step-aligned: feed the gold result's embedding, mixed linearly into the soft thought over N steps"
     )
+    exit_weight: float = _f(
+        0.0,
+        "weight of LayerSkip's early-exit loss: every lower block's output, through the final norm and LM "
+        "head, matches the last layer's distribution (trains the stack for System-1.5 exits)",
+    )
     teacher_drop_last: bool = _f(True, "the teacher's CoT loses its last step (as in CODI)")
     lora_r: int = _f(0, "LoRA rank through peft (0 = full fine-tuning)")
     lora_alpha: int = _f(32, "LoRA alpha")

@@ -132,10 +132,34 @@ def stop_loss(dec_logits: torch.Tensor, k: torch.Tensor, eot_id: int) -> torch.T
     return (nll * valid).sum() / valid.sum()
 
 
-def student_forward(model: Any, rows: list[CodiRow], gold_mix: float, want_hidden: bool) -> dict[str, Any]:
+def exit_loss(
+    states: torch.Tensor, final_logits: torch.Tensor, valid: torch.Tensor, norm: Any, head: Any
+) -> torch.Tensor:
+    """LayerSkip's early-exit loss (Elhoushi et al., 2024) with the model's own last layer as the target:
+
+        sum_l e_l KL(sg(p_L) || p_l) / sum_l e_l,   p_l = softmax(head(norm(h_l))),  e_l = l  (l = 1..L-1)
+
+    averaged over the ``valid`` positions. ``states`` [N, L-1, d] is the stack's state after l = 1..L-1
+    blocks (the input a System-1.5 exit at layer l reads); ``final_logits`` [N, V] come from all L. It
+    teaches the stack to say early what it says at the top, so System-1.5's exits (stage 2,
+    trainers/shortcut.py) have a layer worth leaving at; the last layer's distribution is detached: it is the
+    target, never pulled toward the layers below."""
+    target = torch.log_softmax(final_logits.detach().float(), -1)[:, None]  # [N, 1, V]
+    logp = torch.log_softmax(head(norm(states)).float(), -1)  # [N, L-1, V]
+    kl = (target.exp() * (target - logp)).sum(-1)  # [N, L-1]
+    e = torch.arange(1, states.shape[1] + 1, device=states.device, dtype=kl.dtype)
+    per_pos = (kl * e).sum(-1) / e.sum()
+    w = valid.to(kl.dtype)
+    return (per_pos * w).sum() / w.sum().clamp(min=1)
+
+
+def student_forward(
+    model: Any, rows: list[CodiRow], gold_mix: float, want_hidden: bool, want_layers: bool = False
+) -> dict[str, Any]:
     """The student's pass: prompt, then K_max latent steps one position at a time (rows past their K feed a
     masked pad), then ``<eot> answer <eos>`` teacher-forced. Returns the suffix output, the decision logits
-    [B, K_max + 1, V] and per-row K."""
+    [B, K_max + 1, V] and per-row K; ``want_layers``: also ``layer_states``, every block's output below the
+    last at each latent step [B, K_max, L - 1, d] (the early-exit loss reads them)."""
     head = model.heads[HEAD_NAME]
     emb = model.lm.get_input_embeddings()
     pad = model.tokenizer.pad_token_id
@@ -145,6 +169,7 @@ def student_forward(model: Any, rows: list[CodiRow], gold_mix: float, want_hidde
     cache, dec = out.past_key_values, [out.logits[:, -1]]
     h = out.hidden_states[-1][:, -1]
     k = torch.tensor([r.k for r in rows], device=device)
+    layer_states = []
     for t in range(int(k.max())):
         logits = dec[-1]
         if head.kind == "soft":
@@ -168,6 +193,8 @@ def student_forward(model: Any, rows: list[CodiRow], gold_mix: float, want_hidde
         )  # fmt: skip
         cache, h = out.past_key_values, out.hidden_states[-1][:, -1]
         dec.append(out.logits[:, -1])
+        if want_layers:
+            layer_states.append(torch.stack([hs[:, -1] for hs in out.hidden_states[1:-1]], 1))
     n = max(len(r.suffix_ids) for r in rows)
     suffix = torch.tensor([r.suffix_ids + [pad] * (n - len(r.suffix_ids)) for r in rows], device=device)
     smask = torch.tensor(
@@ -177,7 +204,10 @@ def student_forward(model: Any, rows: list[CodiRow], gold_mix: float, want_hidde
         input_ids=suffix, attention_mask=torch.cat([mask, smask], 1), past_key_values=cache,
         output_hidden_states=want_hidden,
     )  # fmt: skip
-    return {"out": out, "suffix": suffix, "smask": smask, "dec_logits": torch.stack(dec, 1), "k": k}
+    res = {"out": out, "suffix": suffix, "smask": smask, "dec_logits": torch.stack(dec, 1), "k": k}
+    if want_layers and layer_states:
+        res["layer_states"] = torch.stack(layer_states, 1)
+    return res
 
 
 def codi_losses(model: Any, rows: list[CodiRow], cfg: Config, gold_mix: float) -> dict[str, torch.Tensor]:
@@ -186,7 +216,8 @@ def codi_losses(model: Any, rows: list[CodiRow], cfg: Config, gold_mix: float) -
     pad = model.tokenizer.pad_token_id
     b = torch.arange(len(rows), device=device)
     terms: dict[str, torch.Tensor] = {}
-    st = student_forward(model, rows, gold_mix, want_hidden=cc.beta > 0)
+    exits = cc.exit_weight > 0
+    st = student_forward(model, rows, gold_mix, want_hidden=cc.beta > 0 or exits, want_layers=exits)
     labels = st["suffix"][:, 1:].masked_fill(st["smask"][:, 1:] == 0, IGNORE)
     s_logits = st["out"].logits[:, :-1].float()
     terms["student_ce"] = F.cross_entropy(s_logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
@@ -215,6 +246,24 @@ def codi_losses(model: Any, rows: list[CodiRow], cfg: Config, gold_mix: float) -
     if cfg.latent.fixed_steps == 0 and cc.stop_weight > 0:
         terms["stop"] = stop_loss(st["dec_logits"], st["k"], model.eot_id)
         loss = loss + cc.stop_weight * terms["stop"]
+    if exits:
+        # every generated position: latent decisions 1..K (the outputs of z_1..z_K) and the answer tokens
+        hs, smask = st["out"].hidden_states, st["smask"][:, 1:].bool()
+        states = [torch.stack([h[:, :-1] for h in hs[1:-1]], 2)[smask]]
+        finals, valid = [st["out"].logits[:, :-1][smask]], [smask[smask]]
+        if "layer_states" in st:
+            K = st["layer_states"].shape[1]
+            states.append(st["layer_states"].flatten(0, 1))
+            finals.append(st["dec_logits"][:, 1 : K + 1].flatten(0, 1))
+            valid.append((torch.arange(K, device=device)[None] < st["k"][:, None]).flatten())
+        terms["exit"] = exit_loss(
+            torch.cat(states),
+            torch.cat(finals),
+            torch.cat(valid),
+            model.adapter.final_norm,
+            model.adapter.lm_head,
+        )
+        loss = loss + cc.exit_weight * terms["exit"]
     if cc.align > 0 and rows[0].results:
         J = st["dec_logits"].shape[1]
         target = torch.tensor(

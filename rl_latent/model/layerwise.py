@@ -62,8 +62,9 @@ class DecoderAdapter:
 
     @property
     def base(self) -> nn.Module:
-        """The decoder stack without the LM head (``lm.model`` / ``lm.transformer``)."""
-        return self.lm.base_model
+        """The decoder stack without the LM head (``lm.model`` / ``lm.transformer``), peft or not."""
+        lm = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        return lm.base_model
 
     @property
     def layers(self) -> nn.ModuleList:

@@ -10,7 +10,15 @@ from rl_latent.config import load_config
 from rl_latent.model import LatentReasoner
 from rl_latent.model.heads import HEAD_NAME
 from tests.rollouts.latent_fixtures import make_latent_model
-from trainers.codi import answer_emit_index, codi_losses, encode_codi, kd_loss, stop_loss, student_forward
+from trainers.codi import (
+    answer_emit_index,
+    codi_losses,
+    encode_codi,
+    exit_loss,
+    kd_loss,
+    stop_loss,
+    student_forward,
+)
 
 CORPUS = ["Tom has 3 apples and buys 21 more. The answer is: 24", "The answer is: 21", "x = 12 , y = 5"] * 50
 # Llama-3's pre-tokenizer pattern (numbers split off in runs of up to 3 digits, without their leading space)
@@ -122,8 +130,34 @@ def test_kd_and_stop_losses():
     assert stop_loss(logits, torch.tensor([1]), eot_id=7).item() > 5
 
 
+def test_exit_loss_is_the_depth_weighted_kl_to_the_last_layer():
+    V = 5
+    final = torch.randn(3, V)
+    same = final[:, None].repeat(1, 2, 1)  # identity norm and head: every layer already says the final
+    ident = lambda x: x  # noqa: E731
+    assert exit_loss(same, final, torch.ones(3, dtype=torch.bool), ident, ident).item() == pytest.approx(
+        0, abs=1e-6
+    )
+    # layer 1 uniform, layer 2 right: (1 * KL(p || uniform) + 2 * 0) / 3 = (log V - H(p)) / 3
+    states = torch.stack([torch.zeros(3, V), final], 1)
+    p = torch.softmax(final, -1)
+    kl_uniform = torch.log(torch.tensor(float(V))) + (p * torch.log(p)).sum(-1)
+    valid = torch.tensor([True, False, True])
+    want = (kl_uniform[valid] / 3).mean().item()
+    assert exit_loss(states, final, valid, ident, ident).item() == pytest.approx(want, rel=1e-5)
+    final.requires_grad_(True)
+    states.requires_grad_(True)
+    exit_loss(states, final, valid, ident, ident).backward()
+    assert final.grad is None and states.grad.abs().sum() > 0  # the last layer is the (detached) target
+
+
 @pytest.mark.parametrize(
-    "head,over", [("hidden", []), ("soft", ["codi.align=1.0", "codi.gold_anneal_steps=2"])]
+    "head,over",
+    [
+        ("hidden", []),
+        ("soft", ["codi.align=1.0", "codi.gold_anneal_steps=2"]),
+        ("soft", ["codi.align=1.0", "codi.exit_weight=1.0"]),
+    ],
 )
 def test_losses_backprop_through_latent_steps(head, over):
     model = make_latent_model(head).train()
@@ -131,6 +165,7 @@ def test_losses_backprop_through_latent_steps(head, over):
     enc, _ = encode_codi(_rows(), model, cfg)
     terms = codi_losses(model, enc, cfg, gold_mix=0.5 if over else 0.0)
     expected = {"student_ce", "teacher_ce", "kd", "stop", "loss"} | ({"align"} if over else set())
+    expected |= {"exit"} if "codi.exit_weight=1.0" in over else set()
     assert set(terms) == expected and all(torch.isfinite(v) for v in terms.values())
     terms["loss"].backward()
     g = (
@@ -143,7 +178,11 @@ def test_losses_backprop_through_latent_steps(head, over):
 
 @pytest.mark.parametrize(
     "head,extra",
-    [("hidden", ["latent.fixed_steps=2"]), ("soft", ["codi.align=1.0"]), ("hidden", ["codi.lora_r=4"])],
+    [
+        ("hidden", ["latent.fixed_steps=2"]),
+        ("soft", ["codi.align=1.0"]),
+        ("hidden", ["codi.lora_r=4", "codi.exit_weight=0.5"]),
+    ],
 )
 def test_codi_recipe_end_to_end(tmp_path, head, extra):
     from trainers import codi
