@@ -7,6 +7,7 @@ soft variant. One model plays teacher and student in every batch:
               for Llama-3/Qwen tokenizers, <eot> for our student text), every layer's hidden state of the
               student matches the teacher's (stop-gradient) under smooth-L1 / the teacher's per-layer std
     loss  =   student_CE + beta KD + gamma teacher_CE + stop_weight stop + align align_CE
+              + exit_weight exit   (LayerSkip's early-exit loss toward the last layer, ``exit_loss``)
 
 ``z_{t+1}`` comes from the thought head on the output at the previous position (``<bot>`` for z_1): hidden
 ``P(h)`` or soft ``sum_i p_i E[S_i]`` over the LM head's top-k, and gradients flow through every step (the
