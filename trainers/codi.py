@@ -249,9 +249,9 @@ def codi_losses(model: Any, rows: list[CodiRow], cfg: Config, gold_mix: float) -
         loss = loss + cc.stop_weight * terms["stop"]
     if exits:
         # every generated position: latent decisions 1..K (the outputs of z_1..z_K) and the answer tokens
-        hs, smask = st["out"].hidden_states, st["smask"][:, 1:].bool()
-        states = [torch.stack([h[:, :-1] for h in hs[1:-1]], 2)[smask]]
-        finals, valid = [st["out"].logits[:, :-1][smask]], [smask[smask]]
+        hs = st["out"].hidden_states
+        states = [torch.stack([h[:, :-1] for h in hs[1:-1]], 2).flatten(0, 1)]
+        finals, valid = [st["out"].logits[:, :-1].flatten(0, 1)], [st["smask"][:, 1:].bool().flatten()]
         if "layer_states" in st:
             K = st["layer_states"].shape[1]
             states.append(st["layer_states"].flatten(0, 1))
