@@ -34,7 +34,7 @@ from rl_latent.config import Config, ConfigError
 from rl_latent.data.format import ANSWER_PREFIX, cot_text, prompt_text
 from rl_latent.model.heads import HEAD_NAME, build_head
 from rollouts.sampler import left_pad
-from trainers.common import IGNORE, collate
+from trainers.common import IGNORE, categorical_kl, collate
 from trainers.recipe import Recipe, run_recipe_class
 
 
@@ -147,7 +147,7 @@ def exit_loss(
     target, never pulled toward the layers below."""
     target = torch.log_softmax(final_logits.detach().float(), -1)[:, None]  # [N, 1, V]
     logp = torch.log_softmax(head(norm(states)).float(), -1)  # [N, L-1, V]
-    kl = (target.exp() * (target - logp)).sum(-1)  # [N, L-1]
+    kl = categorical_kl(target, logp)  # [N, L-1]
     e = torch.arange(1, states.shape[1] + 1, device=states.device, dtype=kl.dtype)
     per_pos = (kl * e).sum(-1) / e.sum()
     w = valid.to(kl.dtype)

@@ -20,6 +20,12 @@ from rl_latent.data.format import prompt_text, target_text
 IGNORE = -100  # label value that cross-entropy skips (prompt tokens, padding)
 
 
+def categorical_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) = sum_v p_v (log p_v - log q_v) over the last dim, from log-probabilities (exact, not a
+    sample estimate); the shared form of the distillation KLs (CODI's exit loss, System-1.5's stage 2)."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

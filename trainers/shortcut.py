@@ -31,6 +31,7 @@ from rl_latent.model.heads import HEAD_NAME
 from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts, shortcut_step
 from rollouts.replay import replay_inputs
 from rollouts.sampler import latent_settings, rollout
+from trainers.common import categorical_kl
 from trainers.recipe import Recipe, run_recipe_class
 
 
@@ -131,14 +132,14 @@ def shortcut_losses(model: Any, traj: Any, cfg: Any, dags: list[Any]) -> dict[st
                 sums["match"] + ((F.smooth_l1_loss(e, th, reduction="none").mean(-1) / std) * af).sum()
             )
             with torch.no_grad():
-                kl = (tlp.exp() * (tlp - torch.log_softmax(ad.lm_head(e).float(), -1))).sum(-1)
+                kl = categorical_kl(tlp, torch.log_softmax(ad.lm_head(e).float(), -1))
                 scale = sc_cfg.kl_scale * torch.where(crit[:, t], sc_cfg.critical, 1.0)
                 goal = torch.exp(-kl.clamp(min=0) / scale).nan_to_num(0.0).clamp(0.0, 1.0)
             w = so.w[li].float().clamp(1e-6, 1 - 1e-6)
             sums["router"] = sums["router"] + (F.binary_cross_entropy(w, goal, reduction="none") * af).sum()
             stats["w_mean"] += float((w.detach() * af).sum()) / (len(so.exits) * float(count))
         lp = torch.log_softmax(so.logits.float(), -1)
-        kl_out = (tlp.exp() * (tlp - lp)).sum(-1)
+        kl_out = categorical_kl(tlp, lp)
         fin = F.smooth_l1_loss(so.hidden, th, reduction="none").mean(-1) / std + kl_out
         sums["final"] = sums["final"] + (fin * af).sum()
         has = target[:, t] != -100
