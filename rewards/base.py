@@ -166,6 +166,26 @@ class Scored:
     valid: torch.Tensor  # [B] bool: False where a reward failed on the sample (on_error="skip")
     errors: list[str]  # one line per skipped sample
 
+    def select(self, idx: list[int]) -> Scored:
+        """These samples' scores, in this order (the errors stay: they were logged for every sample)."""
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return Scored(
+            self.total[t], {k: v[t] for k, v in self.components.items()}, self.valid[t], self.errors
+        )
+
+    @staticmethod
+    def concat(parts: list[Scored]) -> Scored:
+        """Several batches' scores in order (the rounds of dynamic sampling); components must agree."""
+        keys = list(parts[0].components)
+        if any(list(p.components) != keys for p in parts):
+            raise ValueError("Scored.concat: batches scored with different reward components")
+        return Scored(
+            torch.cat([p.total for p in parts]),
+            {k: torch.cat([p.components[k] for p in parts]) for k in keys},
+            torch.cat([p.valid for p in parts]),
+            [e for p in parts for e in p.errors],
+        )
+
 
 def _where(i: int, s: Sample) -> str:
     q = s.question if len(s.question) <= 40 else s.question[:40] + "..."

@@ -12,6 +12,7 @@ with tokens:
     A_i   = (E[max r_S | i in S] - E[max r_S]) / std(max r_S),  S a random k-subset of the group
                                                            pass@k training (Chen et al. 2025), rl.pass_k
     A_i  <- lambda A_i where A_i > 0                       W-REINFORCE (Zhu et al. 2025), rl.positive_weight
+    groups with A = 0 everywhere swapped for fresh ones      dynamic sampling (DAPO), rl.dynamic_sampling
     rho_t = exp(log pi(c_t) - log pi_old(c_t))
     L     = 1/N sum_{i,t} [ -min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i)
                              + beta KL_k3(pi || pi_ref)_t ]                (clip-higher: DAPO, Yu et al. 2025)
@@ -76,6 +77,30 @@ def _group_advantages(
         std = (((r - mean) ** 2 * v).sum(-1, keepdim=True) / n).sqrt()
         adv = adv / (std + eps)
     return torch.where(v, adv, 0.0).view(-1)
+
+
+def informative_groups(
+    rewards: Tensor, group_size: int, valid: Tensor | None = None, tol: float = 1e-6
+) -> Tensor:
+    """[G] bool: the groups whose valid rewards differ, max_i r_i - min_i r_i > tol (at least two valid).
+
+    A group of equal rewards has A_i = 0 for every sample under each advantage above, so it adds no policy
+    gradient, only KL terms and loss positions that dilute the others: DAPO's dynamic sampling (Yu et al.
+    2025, sec. 3.2) rolls out more prompts until the step is full of informative groups (rl.dynamic_sampling).
+    """
+    r = rewards.float().view(-1, group_size)
+    v = torch.ones_like(r, dtype=torch.bool) if valid is None else valid.view(-1, group_size)
+    hi = torch.where(v, r, -math.inf).max(-1).values
+    lo = torch.where(v, r, math.inf).min(-1).values
+    return (v.sum(-1) >= 2) & (hi - lo > tol)
+
+
+def fill_groups(informative: Tensor, n: int) -> list[int]:
+    """Indices of ``n`` groups for the update: the informative ones in rollout order, then (if too few were
+    found) the first uninformative ones, so every step trains on the same number of groups."""
+    idx = torch.arange(len(informative))
+    order = torch.cat([idx[informative], idx[~informative]])
+    return order[:n].tolist()
 
 
 def pass_at_k_rewards(r: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:

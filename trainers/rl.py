@@ -28,8 +28,9 @@ from rl_latent.data.build import dataset_name, load_splits
 from rl_latent.metrics import answers_match, extract_answer, mean_pass_at_k
 from rl_latent.tracking import Tracker, plot_curves, read_jsonl
 from rollouts.pool import Request, RolloutPool
+from rollouts.trajectory import Trajectory
 from trainers.common import batch_indices, resumable_checkpoint, run_dir
-from trainers.grpo import group_advantages
+from trainers.grpo import fill_groups, group_advantages, informative_groups
 
 TIMING_KEYS = ("rollout", "reward", "update", "sync")
 
@@ -155,36 +156,76 @@ class RLRun:
         return time.perf_counter() - t0
 
     # ------------------------------------------------------------------ one step
-    def requests(self, step: int) -> list[Request]:
-        rl, train = self.cfg.rl, self.splits["train"]
-        idx = batch_indices(len(train), rl.prompts_per_step, self.cfg.train.seed, step)
+    def requests(self, step: int, round_: int = 0) -> list[Request]:
+        """The step's prompts, ``group_size`` samples each, with their seeds. Round r > 0 (dynamic sampling)
+        draws another ``prompts_per_step`` from a permutation of its own: a function of (step, round) only,
+        so a resumed run reads the same prompts."""
+        rl, train, seed0 = self.cfg.rl, self.splits["train"], self.cfg.train.seed
+        n = rl.prompts_per_step
+        idx = batch_indices(len(train), n, seed0 + 7919 * round_, step)
         reqs = []
-        for p, i in enumerate(idx):
+        for p, i in enumerate(idx, start=round_ * n):
             row = train[i]
             for g in range(rl.group_size):
-                seed = sample_seed(self.cfg.train.seed, step, p, g)
+                seed = sample_seed(seed0, step, p, g)
                 reqs.append(Request(row["question"], str(row["answer"]), seed, {"row": i, "group": p}))
         return reqs
+
+    def collect(self, t: dict[str, float]) -> tuple[Trajectory, Any, dict[str, float]]:
+        """Roll out and score the step's groups.
+
+        With ``rl.dynamic_sampling = R``, up to R more rounds of fresh prompts run until ``prompts_per_step``
+        groups have rewards that differ; the step keeps those (then, if too few were found, uniform ones: see
+        ``fill_groups``). Returns the kept samples, their scores, and statistics over everything rolled out
+        (the accuracy there is the policy's, not the filtered batch's)."""
+        from rewards import samples_of, score
+        from rewards.base import Scored
+
+        cfg, rl = self.cfg, self.cfg.rl
+        parts, scores, found = [], [], 0
+        t["rollout"] = t["reward"] = 0.0
+        for r in range(1 + rl.dynamic_sampling):
+            t0 = time.perf_counter()
+            traj = self.pool.rollout(
+                self.requests(self.step, r), policy=cfg.latent.policy, policy_kwargs=self.policy_kwargs,
+                answer_temperature=rl.answer_temperature, max_answer_tokens=cfg.eval.max_new_tokens,
+                learn_exits=cfg.latent.learn_exits,
+            )  # fmt: skip
+            t1 = time.perf_counter()
+            scored = score(samples_of(traj), self.reward_specs, on_error=rl.on_reward_error)
+            parts.append(traj)
+            scores.append(scored)
+            t["rollout"] += t1 - t0
+            t["reward"] += time.perf_counter() - t1
+            found += int(informative_groups(scored.total, rl.group_size, scored.valid).sum())
+            if found >= rl.prompts_per_step:
+                break
+        traj = parts[0] if len(parts) == 1 else Trajectory.concat(parts)
+        scored = scores[0] if len(scores) == 1 else Scored.concat(scores)
+        correct = [answers_match(extract_answer(a), g) for a, g in zip(traj.answers, traj.targets)]
+        info = informative_groups(scored.total, rl.group_size, scored.valid)
+        stats = {
+            "train/accuracy": sum(correct) / len(correct),
+            "train/informative_groups": float(info[: rl.prompts_per_step].float().mean()),
+            "rollout/rounds": float(len(parts)),
+        }
+        if len(parts) > 1:
+            G = rl.group_size
+            idx = [g * G + i for g in fill_groups(info, rl.prompts_per_step) for i in range(G)]
+            traj = traj.select(idx)
+            scored = scored.select(idx)
+        return traj, scored, stats
 
     def rl_step(self) -> dict[str, float]:
         import ray
 
-        from rewards import samples_of, score
-
-        cfg, rl = self.cfg, self.cfg.rl
-        t = {}
-        t0 = time.perf_counter()
-        traj = self.pool.rollout(
-            self.requests(self.step), policy=cfg.latent.policy, policy_kwargs=self.policy_kwargs,
-            answer_temperature=rl.answer_temperature, max_answer_tokens=cfg.eval.max_new_tokens,
-            learn_exits=cfg.latent.learn_exits,
-        )  # fmt: skip
-        t["rollout"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        scored = score(samples_of(traj), self.reward_specs, on_error=rl.on_reward_error)
+        rl = self.cfg.rl
+        t: dict[str, float] = {}
+        traj, scored, collected = self.collect(t)
         traj.rewards, traj.reward_components = scored.total, scored.components
         for line in scored.errors:
             self._say(f"step {self.step}: skipped {line}")
+        t0 = time.perf_counter()
         adv = group_advantages(
             scored.total,
             rl.group_size,
@@ -193,7 +234,7 @@ class RLRun:
             k=rl.pass_k,
             positive_weight=rl.positive_weight,
         )
-        t["reward"] = time.perf_counter() - t0
+        t["reward"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         per_rank = len(traj) // rl.trainer_ranks
         futures = []
@@ -208,11 +249,10 @@ class RLRun:
         t["update"] = time.perf_counter() - t0
         self.version += 1
         t["sync"] = self._push_weights()
-        correct = [answers_match(extract_answer(a), g) for a, g in zip(traj.answers, traj.targets)]
         out = {f"train/{k}": float(v.mean()) for k, v in scored.components.items()}
+        out.update(collected)
         out.update({
             "train/reward": float(scored.total[scored.valid].mean()) if scored.valid.any() else 0.0,
-            "train/accuracy": sum(correct) / len(correct),
             "train/latent_steps": float(traj.latent_steps.float().mean()),
             "train/answer_tokens": float(traj.answer_mask.sum(-1).float().mean()),
             "train/skipped": float((~scored.valid).sum()),

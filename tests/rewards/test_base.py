@@ -11,6 +11,7 @@ import torch
 import rewards.base as base
 from rewards import RewardError, RewardSpec, Sample, load_reward, register, samples_of, score
 from rewards.answer import correct
+from rewards.base import Scored
 from rl_latent.compute import SampleCompute
 from rollouts.trajectory import Trajectory
 
@@ -205,6 +206,21 @@ def test_skip_with_a_dict_reward_and_one_failing_everywhere(registry):
     assert out.valid.tolist() == [False] * 4 and out.total.tolist() == [0.0] * 4
     assert out.components["never"].tolist() == [0.0] * 4 and len(out.errors) == 4
     assert out.errors[0].startswith("reward 'never' raised ZeroDivisionError(")
+
+
+def test_scores_of_several_batches_concat_and_select(registry):
+    registry["boom"] = _boom
+    a = score(SAMPLES, [RewardSpec("boom"), RewardSpec("correct", 3.0)], on_error="skip")
+    b = score(SAMPLES[:2], [RewardSpec("boom"), RewardSpec("correct", 3.0)], on_error="skip")
+    both = Scored.concat([a, b])
+    assert both.total.tolist() == [4.0, 4.0, 0.0, 0.0, 4.0, 4.0]
+    assert both.valid.tolist() == [True, True, False, False, True, True]
+    assert len(both.errors) == 2
+    pick = both.select([5, 2])
+    assert pick.total.tolist() == [4.0, 0.0] and pick.valid.tolist() == [True, False]
+    assert pick.components["boom"].tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="different reward components"):
+        Scored.concat([a, score(SAMPLES, [RewardSpec("correct")])])
 
 
 def test_nan_reward(registry):

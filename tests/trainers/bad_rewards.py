@@ -1,4 +1,4 @@
-"""Rewards that misbehave, loaded by dotted path in the RL tests."""
+"""Rewards that misbehave or shape a test step, loaded by dotted path in the RL tests."""
 
 
 def raises(samples):
@@ -13,3 +13,9 @@ def raises(samples):
 
 def half_the_values(samples):
     return [0.0] * (len(samples) // 2)
+
+
+def alternating_after_round0(samples):
+    """0 for every sample of the step's first 4 prompts (uniform groups); for later prompts (dynamic
+    sampling's extra rounds) 1 at every other sample, so each of their groups has rewards that differ."""
+    return [float(s.metadata.get("group", 0) >= 4 and i % 2 == 1) for i, s in enumerate(samples)]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainers.grpo import clipped_surrogate, group_advantages, k3_kl
+from trainers.grpo import clipped_surrogate, fill_groups, group_advantages, informative_groups, k3_kl
 
 
 def test_group_advantages_normalise_within_each_group():
@@ -142,3 +142,21 @@ def test_positive_weight_scales_only_the_positive_advantages():
     w = group_advantages(r, 4, positive_weight=0.1)
     torch.testing.assert_close(w, torch.where(plain > 0, 0.1 * plain, plain))
     assert (w < 0).sum() == (plain < 0).sum() == 4  # every failure keeps its full push down
+
+
+def test_informative_groups_are_those_whose_valid_rewards_differ():
+    r = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.0, 1.0, 0.0, 0.0])
+    valid = torch.ones(12, dtype=torch.bool)
+    assert informative_groups(r, 3, valid).tolist() == [False, False, True, True]
+    valid[3] = False  # group 1 left with two equal rewards: still uniform
+    valid[6] = valid[7] = False  # group 2 left with one valid sample: nothing to compare
+    assert informative_groups(r, 3, valid).tolist() == [False, False, False, True]
+    # equal rewards give zero advantage, the reason such groups are dropped
+    assert group_advantages(r[3:6], 3).abs().max() == 0
+
+
+def test_fill_groups_takes_informative_groups_first_then_uniform_ones_in_order():
+    info = torch.tensor([False, True, False, True, True])
+    assert fill_groups(info, 2) == [1, 3]
+    assert fill_groups(info, 4) == [1, 3, 4, 0]
+    assert fill_groups(torch.tensor([False, False]), 2) == [0, 1]

@@ -136,6 +136,26 @@ def test_skip_keeps_training_without_the_bad_samples(ray_local, tiny_latent_dirs
     assert [r["train/skipped"] for r in steps] == [4.0, 4.0, 4.0]  # the 4 samples of prompt 1, each step
 
 
+def test_dynamic_sampling_replaces_uniform_groups_with_fresh_prompts(ray_local, tiny_latent_dirs, tmp_path):
+    # round 0's 4 groups all score 0 (no advantage); round 1's 4 fresh ones alternate 0/1 and are kept
+    rewards = "[tests.trainers.bad_rewards:alternating_after_round0]"
+    runs = {}
+    for extra in (0, 1):
+        out = tmp_path / f"ds{extra}"
+        over = _overrides(
+            tiny_latent_dirs["soft"], out, **{"rl.rewards": rewards, "rl.dynamic_sampling": extra,
+            "tracking.wandb": "none", "rl.eval_every": 0, "train.max_steps": 2}
+        )  # fmt: skip
+        main(["train", CONFIG, *over])
+        runs[extra] = [r for r in read_jsonl(out / "metrics.jsonl") if "train/reward" in r]
+    assert [r["rollout/rounds"] for r in runs[0]] == [1.0, 1.0]
+    assert [r["train/reward"] for r in runs[0]] == [0.0, 0.0]  # uniform groups: nothing to learn from
+    assert [r["rollout/rounds"] for r in runs[1]] == [2.0, 2.0]
+    assert [r["train/informative_groups"] for r in runs[1]] == [0.0, 0.0]  # of round 0
+    assert [r["train/reward"] for r in runs[1]] == [0.5, 0.5]  # the step trained on round 1's groups
+    assert all(r["train/grad_norm"] > 0 for r in runs[1])
+
+
 def _train_cmd(model_dir: str, out: Path) -> list[str]:
     over = _overrides(model_dir, out, **{"train.max_steps": 4, "rl.eval_every": 0, "tracking.wandb": "none"})
     return [sys.executable, "-m", "rl_latent.cli", "train", CONFIG, *over]
