@@ -168,8 +168,8 @@ class RLConfig:
         1.0, "scale of positive advantages (W-REINFORCE: 0.1 learns mostly from failures, keeps diversity)"
     )
     dynamic_sampling: int = _f(
-        0, "DAPO dynamic sampling: up to this many extra rollout rounds per step, prompts_per_step new "
-        "prompts each, to replace groups whose rewards are all equal (zero advantage); 0 = off",
+        0, "DAPO dynamic sampling: up to this many extra rollout rounds of fresh prompts per step, to "
+        "replace groups whose rewards are all equal (zero advantage); 0 = off",
     )  # fmt: skip
     answer_temperature: float = _f(1.0, "sampling temperature of the answer tokens in rollouts (0 = greedy)")
     rewards: list[Any] = _f(

@@ -16,6 +16,7 @@ steps an uninterrupted run takes. Keys: ``train/*``, ``policy/*``, ``timing/*``,
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -53,6 +54,14 @@ def loopback_only() -> None:
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def round_size(n: int, found: int, rolled: int) -> int:
+    """Prompts to roll out in a round of dynamic sampling: all ``n`` first (and while none was informative),
+    then the ``n - found`` still missing over the informative share seen so far, plus one, at most ``n``."""
+    if found == 0:
+        return n
+    return min(n, math.ceil((n - found) * rolled / found) + 1)
 
 
 def init_ray(address: str | None, cpus_needed: float) -> None:
@@ -156,15 +165,15 @@ class RLRun:
         return time.perf_counter() - t0
 
     # ------------------------------------------------------------------ one step
-    def requests(self, step: int, round_: int = 0) -> list[Request]:
-        """The step's prompts, ``group_size`` samples each, with their seeds. Round r > 0 (dynamic sampling)
-        draws another ``prompts_per_step`` from a permutation of its own: a function of (step, round) only,
-        so a resumed run reads the same prompts."""
+    def requests(self, step: int, round_: int = 0, n: int | None = None) -> list[Request]:
+        """The step's ``n`` (default ``prompts_per_step``) prompts, ``group_size`` samples each, with their
+        seeds. Round r > 0 (dynamic sampling) draws from a permutation of its own: a function of (step, round,
+        n) only, so a resumed run reads the same prompts."""
         rl, train, seed0 = self.cfg.rl, self.splits["train"], self.cfg.train.seed
-        n = rl.prompts_per_step
+        n = rl.prompts_per_step if n is None else n
         idx = batch_indices(len(train), n, seed0 + 7919 * round_, step)
         reqs = []
-        for p, i in enumerate(idx, start=round_ * n):
+        for p, i in enumerate(idx, start=round_ * rl.prompts_per_step):
             row = train[i]
             for g in range(rl.group_size):
                 seed = sample_seed(seed0, step, p, g)
@@ -176,18 +185,21 @@ class RLRun:
 
         With ``rl.dynamic_sampling = R``, up to R more rounds of fresh prompts run until ``prompts_per_step``
         groups have rewards that differ; the step keeps those (then, if too few were found, uniform ones: see
-        ``fill_groups``). Returns the kept samples, their scores, and statistics over everything rolled out
-        (the accuracy there is the policy's, not the filtered batch's)."""
+        ``fill_groups``), each round sized by ``round_size``. Returns the kept samples, their scores, and
+        statistics over everything rolled out (there, accuracy is the policy's, not the filtered batch's)."""
         from rewards import samples_of, score
         from rewards.base import Scored
 
         cfg, rl = self.cfg, self.cfg.rl
-        parts, scores, found = [], [], 0
+        N = rl.prompts_per_step
+        parts, scores, found, rolled = [], [], 0, 0
         t["rollout"] = t["reward"] = 0.0
         for r in range(1 + rl.dynamic_sampling):
+            n = round_size(N, found, rolled)
+            rolled += n
             t0 = time.perf_counter()
             traj = self.pool.rollout(
-                self.requests(self.step, r), policy=cfg.latent.policy, policy_kwargs=self.policy_kwargs,
+                self.requests(self.step, r, n), policy=cfg.latent.policy, policy_kwargs=self.policy_kwargs,
                 answer_temperature=rl.answer_temperature, max_answer_tokens=cfg.eval.max_new_tokens,
                 learn_exits=cfg.latent.learn_exits,
             )  # fmt: skip
@@ -198,7 +210,7 @@ class RLRun:
             t["rollout"] += t1 - t0
             t["reward"] += time.perf_counter() - t1
             found += int(informative_groups(scored.total, rl.group_size, scored.valid).sum())
-            if found >= rl.prompts_per_step:
+            if found >= N:
                 break
         traj = parts[0] if len(parts) == 1 else Trajectory.concat(parts)
         scored = scores[0] if len(scores) == 1 else Scored.concat(scores)
@@ -206,12 +218,12 @@ class RLRun:
         info = informative_groups(scored.total, rl.group_size, scored.valid)
         stats = {
             "train/accuracy": sum(correct) / len(correct),
-            "train/informative_groups": float(info[: rl.prompts_per_step].float().mean()),
+            "train/informative_groups": float(info[:N].float().mean()),
             "rollout/rounds": float(len(parts)),
         }
         if len(parts) > 1:
             G = rl.group_size
-            idx = [g * G + i for g in fill_groups(info, rl.prompts_per_step) for i in range(G)]
+            idx = [g * G + i for g in fill_groups(info, N) for i in range(G)]
             traj = traj.select(idx)
             scored = scored.select(idx)
         return traj, scored, stats

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from rl_latent.cli import main
 from rl_latent.tracking import read_jsonl
 from tests.conftest import REPO
+from trainers.rl import round_size
 
 CONFIG = str(REPO / "configs" / "grpo-quickstart.yaml")
 
@@ -134,6 +135,13 @@ def test_skip_keeps_training_without_the_bad_samples(ray_local, tiny_latent_dirs
     main(["train", CONFIG, *over])
     steps = [r for r in read_jsonl(out / "metrics.jsonl") if "train/skipped" in r]
     assert [r["train/skipped"] for r in steps] == [4.0, 4.0, 4.0]  # the 4 samples of prompt 1, each step
+
+
+def test_round_size_rolls_out_the_missing_groups_over_the_informative_share():
+    assert round_size(16, 0, 0) == 16  # the step's own round
+    assert round_size(16, 0, 16) == 16  # nothing informative yet: a full round
+    assert round_size(16, 14, 16) == 4  # 2 missing at 14/16 informative: ceil(2.29) + 1
+    assert round_size(16, 4, 16) == 16  # 12 missing at 1/4: 49, capped
 
 
 def test_dynamic_sampling_replaces_uniform_groups_with_fresh_prompts(ray_local, tiny_latent_dirs, tmp_path):
