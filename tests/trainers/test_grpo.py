@@ -60,10 +60,13 @@ def test_k3_is_nonnegative_and_unbiased_for_the_kl():
     x = torch.randn(400_000, generator=g, dtype=torch.float64)
     p = torch.distributions.Normal(0.0, 1.0)
     q = torch.distributions.Normal(0.5, 1.2)
-    k3 = k3_kl(p.log_prob(x), q.log_prob(x))
+    k3 = k3_kl(p.log_prob(x), q.log_prob(x), cap=math.inf)
     closed = math.log(1.2) + (1 + 0.25) / (2 * 1.44) - 0.5
     assert (k3 >= 0).all()
     assert k3.mean().item() == pytest.approx(closed, rel=0.02)
+    # the default cap (10) trims q / p's heavy tail here: a small downward bias, the price of bounded steps
+    capped = k3_kl(p.log_prob(x), q.log_prob(x)).mean().item()
+    assert 0.95 * closed < capped < k3.mean().item()
     assert k3_kl(torch.tensor([-0.3]), torch.tensor([-0.3])).item() == 0.0
 
 
@@ -160,3 +163,13 @@ def test_fill_groups_takes_informative_groups_first_then_uniform_ones_in_order()
     assert fill_groups(info, 2) == [1, 3]
     assert fill_groups(info, 4) == [1, 3, 4, 0]
     assert fill_groups(torch.tensor([False, False]), 2) == [0, 1]
+
+
+def test_k3_is_capped_where_the_policy_fell_far_below_the_reference():
+    logp = torch.tensor([-30.0, -2.0, -1.0], requires_grad=True)
+    ref = torch.tensor([-1.0, -1.0, -1.0])
+    k3 = k3_kl(logp, ref)
+    assert k3[0].item() == 10.0  # exp(29) - 29 - 1 without the cap
+    assert math.isclose(k3[1].item(), math.exp(1.0) - 2.0, rel_tol=1e-6) and k3[2].item() == 0.0
+    k3.sum().backward()
+    assert logp.grad[0].item() == 0.0 and logp.grad[1].item() != 0.0  # a capped position sends no gradient
