@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from rl_latent.config import Config, ConfigError, dump, to_dict
@@ -192,7 +193,7 @@ class RLRun:
 
         cfg, rl = self.cfg, self.cfg.rl
         N = rl.prompts_per_step
-        parts, scores, found, rolled = [], [], 0, 0
+        parts, scores, infos, found, rolled = [], [], [], 0, 0
         t["rollout"] = t["reward"] = 0.0
         for r in range(1 + rl.dynamic_sampling):
             n = round_size(N, found, rolled)
@@ -209,13 +210,14 @@ class RLRun:
             scores.append(scored)
             t["rollout"] += t1 - t0
             t["reward"] += time.perf_counter() - t1
-            found += int(informative_groups(scored.total, rl.group_size, scored.valid).sum())
+            infos.append(informative_groups(scored.total, rl.group_size, scored.valid))
+            found += int(infos[-1].sum())
             if found >= N:
                 break
         traj = parts[0] if len(parts) == 1 else Trajectory.concat(parts)
         scored = scores[0] if len(scores) == 1 else Scored.concat(scores)
         correct = [answers_match(extract_answer(a), g) for a, g in zip(traj.answers, traj.targets)]
-        info = informative_groups(scored.total, rl.group_size, scored.valid)
+        info = torch.cat(infos)
         stats = {
             "train/accuracy": sum(correct) / len(correct),
             "train/informative_groups": float(info[:N].float().mean()),
