@@ -171,7 +171,15 @@ class RLConfig:
         0, "DAPO dynamic sampling: up to this many extra rollout rounds of fresh prompts per step, to "
         "replace groups whose rewards are all equal (zero advantage); 0 = off",
     )  # fmt: skip
-    answer_temperature: float = _f(1.0, "sampling temperature of the answer tokens in rollouts (0 = greedy)")
+    answer_temperature: float = _f(
+        1.0, "sampling temperature of the answer tokens in rollouts (0 = greedy: the tokens are not actions)"
+    )
+    trainable: str = _f(
+        "all",
+        "what RL trains: the whole policy, or only the System-1.5 routers and adapters on the frozen "
+        "backbone (with latent.learn_exits: RL learns the depth and leaves the full path as it was)",
+        ("all", "shortcuts"),
+    )
     rewards: list[Any] = _f(
         ["correct"],
         "rewards: names, dotted paths (pkg.mod:fn) or entry points, or {name, weight, kwargs} mappings",

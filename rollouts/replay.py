@@ -39,7 +39,7 @@ class Replayed:
         total = (
             (self.latent_logp * traj.action_mask).sum(-1)
             + (self.stop_logp * traj.stop_mask).sum(-1)
-            + (self.answer_logp * traj.answer_mask).sum(-1)
+            + (self.answer_logp * traj.answer_actions.to(self.answer_logp.device)).sum(-1)
         )
         if self.exit_logp is not None:
             total = total + (self.exit_logp * traj.exit_mask.to(self.exit_logp.device)).sum(-1)
@@ -124,7 +124,7 @@ def replay(model: Any, traj: Trajectory, policy: LatentPolicy, hidden: bool = Fa
     dpos = torch.arange(J, device=device)[None].expand(B, J).clamp(max=L - 1)  # <bot>, then latent j
     apos = (torch.tensor(n_lat, device=device)[:, None] + 1 + torch.arange(A, device=device)).clamp(max=L - 1)
     dec_logits = logits[bidx, dpos]  # [B, J, V]
-    ans_logp = torch.log_softmax(logits[bidx, apos] / traj.answer_temperature, -1)
+    ans_logp = torch.log_softmax(logits[bidx, apos] / (traj.answer_temperature or 1.0), -1)
     answer_logp = ans_logp.gather(-1, traj.answer_ids.to(device)[..., None])[..., 0]
     if head.kind == "soft":
         sub = dec_logits.gather(-1, traj.support_ids.to(device)) / head.temperature

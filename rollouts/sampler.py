@@ -443,7 +443,7 @@ def _pack(
         answers=[x.strip() for x in texts],
         head=head.kind,
         policy=policy.name,
-        answer_temperature=temperature if temperature > 0 else 1.0,
+        answer_temperature=max(float(temperature), 0.0),
         compute=compute,
         weights_version=version,
         metadata=list(meta) if meta is not None else [{} for _ in range(B)],

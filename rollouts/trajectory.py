@@ -11,7 +11,9 @@ Log-probabilities (all fp32, per sample, summed by :meth:`Trajectory.logp`):
   function of the action (``argmax y == <eot>``), so the stopping decision also has an action and no extra
   term.
 - ``stop_logp[b, j]``: hidden head only, the Bernoulli ``p(<eot>)`` stop/continue decision (``stop_mask``).
-- ``answer_logp[b, i]``: the answer tokens under the sampling distribution (``answer_mask``).
+- ``answer_logp[b, i]``: the answer tokens under the sampling distribution (``answer_mask``). Greedy answers
+  (``answer_temperature == 0``) are a function of the thoughts, not actions: their log-probs (under
+  softmax(logits)) are kept for the replay check and left out of ``logp`` and of every loss.
 A forced stop (the cap, or fixed-K mode) has no term.
 """
 
@@ -49,7 +51,7 @@ class Trajectory:
     # bookkeeping
     head: str  # "hidden" | "soft"
     policy: str  # latent policy name
-    answer_temperature: float  # answer_logp is under softmax(logits / this) (1.0 when greedy)
+    answer_temperature: float  # answer_logp is under softmax(logits / this); 0: greedy, under softmax(logits)
     compute: list[SampleCompute]
     weights_version: int = 0
     metadata: list[dict[str, Any]] = field(default_factory=list)
@@ -64,12 +66,17 @@ class Trajectory:
     def __len__(self) -> int:
         return len(self.prompt_ids)
 
+    @property
+    def answer_actions(self) -> Tensor:
+        """[B, A] bool: the answer tokens that were sampled (none when the answers were greedy)."""
+        return self.answer_mask if self.answer_temperature > 0 else torch.zeros_like(self.answer_mask)
+
     def logp(self) -> Tensor:
         """``log pi(trajectory)`` per sample: latent actions + stop decisions + answer tokens (+ exits)."""
         total = (
             (self.latent_logp * self.action_mask).sum(-1)
             + (self.stop_logp * self.stop_mask).sum(-1)
-            + (self.answer_logp * self.answer_mask).sum(-1)
+            + (self.answer_logp * self.answer_actions).sum(-1)
         )
         if self.exit_logp is not None:
             total = total + (self.exit_logp * self.exit_mask).sum(-1)

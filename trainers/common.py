@@ -26,6 +26,18 @@ def categorical_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
+def train_only_head(model: Any, head: str) -> int:
+    """Freeze every parameter of ``model`` but those of ``model.heads[head]``; returns how many train.
+
+    System-1.5 trains its routers and adapters on a frozen backbone, in stage 2 and (``rl.trainable:
+    shortcuts``) in RL, so the full path, and with it every position that does not exit, stays the model's."""
+    if head not in model.heads:
+        raise KeyError(f"the model has no {head!r} head (heads: {sorted(model.heads)})")
+    model.requires_grad_(False)
+    model.heads[head].requires_grad_(True)
+    return sum(p.numel() for p in model.heads[head].parameters())
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -142,7 +142,7 @@ def positions(latent: Tensor, stop: Tensor, answer: Tensor, exits: Tensor | None
 def traj_positions(traj: Trajectory) -> tuple[Tensor, Tensor]:
     """(rollout log-probs, mask) of every stochastic choice, in ``positions`` order."""
     logp = positions(traj.latent_logp, traj.stop_logp, traj.answer_logp, traj.exit_logp)
-    mask = positions(traj.action_mask, traj.stop_mask, traj.answer_mask, traj.exit_mask)
+    mask = positions(traj.action_mask, traj.stop_mask, traj.answer_actions, traj.exit_mask)
     return logp, mask
 
 

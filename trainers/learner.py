@@ -47,12 +47,15 @@ class TrainerRank:
         )  # fmt: skip
         torch.set_num_threads(max(1, int(cfg.rl.trainer_cpus)))
         from rl_latent.model import LatentReasoner
-        from trainers.common import engine_from_config, seed_everything
+        from rl_latent.model.shortcuts import SHORTCUT_NAME
+        from trainers.common import engine_from_config, seed_everything, train_only_head
 
         seed_everything(cfg.train.seed)
         self.cfg, self.rank, self.world = cfg, rank, world
         self.algo = algo_cls(cfg.rl)
         policy = LatentReasoner.from_pretrained(model_dir)
+        if cfg.rl.trainable == "shortcuts":  # frozen backbone: only the routers and adapters learn
+            train_only_head(policy, SHORTCUT_NAME)
         self.ref = None
         if cfg.rl.kl_beta > 0:  # the frozen reference: the policy as the run started
             self.ref = copy.deepcopy(policy).eval().requires_grad_(False)

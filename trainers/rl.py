@@ -106,13 +106,15 @@ class RLRun:
                 f"{cfg.train.recipe}: RL starts from a latent model: set train.init_from to a CODI model dir "
                 "(e.g. runs/quickstart/codi_soft/model)"
             )
-        if cfg.latent.learn_exits:
+        needs = [k for k, on in (("latent.learn_exits", cfg.latent.learn_exits),
+                                 ("rl.trainable=shortcuts", rl.trainable == "shortcuts")) if on]  # fmt: skip
+        if needs:
             meta = Path(model_dir) / "latent_config.json"
             heads = json.loads(meta.read_text()).get("heads", {}) if meta.is_file() else {}
             if "shortcuts" not in heads:
                 raise ConfigError(
-                    f"latent.learn_exits: {model_dir} has no System-1.5 shortcuts to learn exits of; start "
-                    "from a system15 stage's model (e.g. runs/quickstart/system15/model)"
+                    f"{needs[0]}: {model_dir} has no System-1.5 shortcuts (routers and adapters) to train; "
+                    "start from a system15 stage's model (e.g. runs/quickstart/system15/model)"
                 )
         dump(cfg, self.dir / "config.yaml")
         self.splits = load_splits(cfg.data)

@@ -31,7 +31,7 @@ from rl_latent.model.heads import HEAD_NAME
 from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts, shortcut_step
 from rollouts.replay import replay_inputs
 from rollouts.sampler import latent_settings, rollout
-from trainers.common import categorical_kl
+from trainers.common import categorical_kl, train_only_head
 from trainers.recipe import Recipe, run_recipe_class
 
 
@@ -166,8 +166,6 @@ class ShortcutRecipe(Recipe):
                 "the shortcut recipe (system15) starts from a latent model: set train.init_from to a CODI "
                 "stage's model (codi_soft, codi_hidden, ...)"
             )
-        for p in model.parameters():
-            p.requires_grad_(False)
         sc_cfg = cfg.shortcut
         layers = sc_cfg.layers or list(range(model.num_layers))
         if SHORTCUT_NAME not in model.heads:
@@ -175,11 +173,9 @@ class ShortcutRecipe(Recipe):
                 model.hidden_size, model.num_layers, layers, rank=sc_cfg.rank,
                 router_hidden=sc_cfg.router_hidden, step=sc_cfg.step,
             ).to(model.device)  # fmt: skip
-        for p in model.heads[SHORTCUT_NAME].parameters():
-            p.requires_grad_(True)
+        n_train = train_only_head(model, SHORTCUT_NAME)
         model.latent_extra["shortcut"] = {"lam": sc_cfg.lam}
         self.rows = list(self.splits["train"])
-        n_train = sum(p.numel() for p in model.heads[SHORTCUT_NAME].parameters())
         return (
             f"{len(self.rows)} train rows, backbone frozen, routers + adapters at layers {layers} "
             f"({n_train / 1e3:.1f}K params), lambda {sc_cfg.lam}"

@@ -47,4 +47,8 @@ def test_shortcuts_bench_prints_one_json_object_and_a_plot(tmp_path):
     assert "best" in res["targets"]
     for lam in ("0.2", "1"):  # GRPO with learned exits ran, then the same measurements
         assert KEYS <= set(res[f"system15_rl@{lam}"]) and res[f"system15_rl@{lam}"]["steps"] >= 1
+    # RL learned the exits only: with none taken (lambda 1) it decodes exactly as the model it started from
+    for key in ("accuracy", "positions", "layer_evals"):
+        assert res["system15_rl@1"][key] == res["system15@1"][key], key
+    assert set(res["targets"]["rl"]["per_lambda"]) == {"system15_rl@0.2", "system15_rl@1"}
     assert (tmp_path / "bench" / "accuracy_vs_compute.png").stat().st_size > 1000

@@ -135,3 +135,27 @@ def test_prefill_runs_each_distinct_prompt_once(latent_model, questions):
         assert torch.allclose(s, hs[:, -1], atol=1e-5)
     for a, b in zip(cache.layers, full.past_key_values.layers):
         assert torch.allclose(a.keys, b.keys, atol=1e-5) and torch.allclose(a.values, b.values, atol=1e-5)
+
+
+def test_greedy_answers_are_not_actions(latent_model, questions):
+    """rl.answer_temperature = 0: the answer is a function of the thoughts, so only the latent actions count
+    in log pi(trajectory) and in GRPO's positions; the stored greedy log-probs still replay exactly."""
+    from trainers.grpo import traj_positions
+
+    model = latent_model("soft")
+    policy = make_policy("soft", "gumbel", **KW)
+    qs = questions * 2
+    traj = rollout(model, qs, policy=policy, answer_temperature=0.0, max_answer_tokens=5, generators=_gens(8))
+    assert traj.answer_temperature == 0.0 and traj.answer_mask.any() and not traj.answer_actions.any()
+    assert torch.allclose(traj.logp(), (traj.latent_logp * traj.action_mask).sum(-1))
+    _, mask = traj_positions(traj)
+    J = traj.latent_logp.shape[1]
+    assert not mask[:, 2 * J :].any() and mask[:, :J].any()
+    with torch.no_grad():
+        new = replay(model, traj, policy)
+    assert logprob_gap(traj, new) <= 1e-4  # answers included: log-probs under softmax(logits)
+    assert torch.allclose(new.total(traj), traj.logp(), atol=1e-4)
+    sampled = rollout(
+        model, qs, policy=policy, answer_temperature=1.0, max_answer_tokens=5, generators=_gens(8)
+    )
+    assert torch.equal(sampled.answer_actions, sampled.answer_mask)

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from trainers.common import categorical_kl
@@ -18,3 +19,21 @@ def test_categorical_kl_matches_torch_and_closed_forms():
     one_hot = torch.full((1, 5), -1e30).index_fill_(1, torch.tensor([2]), 0.0)
     uniform = torch.full((1, 5), -math.log(5))
     assert torch.allclose(categorical_kl(one_hot, uniform), torch.tensor([math.log(5)]), atol=1e-6)
+
+
+def test_train_only_head_freezes_the_backbone():
+    from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts
+    from tests.rollouts.latent_fixtures import make_latent_model
+    from trainers.common import train_only_head
+
+    model = make_latent_model("soft")
+    model.heads[SHORTCUT_NAME] = Shortcuts(
+        model.hidden_size, model.num_layers, [0, 1], rank=4, router_hidden=4
+    )
+    n = train_only_head(model, SHORTCUT_NAME)
+    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(k.startswith(f"heads.{SHORTCUT_NAME}.") for k in trainable)
+    assert n == sum(p.numel() for p in model.heads[SHORTCUT_NAME].parameters()) > 0
+    assert not any(p.requires_grad for p in model.lm.parameters())
+    with pytest.raises(KeyError, match="no 'nope' head"):
+        train_only_head(model, "nope")

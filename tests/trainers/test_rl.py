@@ -223,6 +223,33 @@ def test_grpo_learns_system15_exits_as_actions(ray_local, tiny_latent_dirs, tmp_
     assert routers and any(not torch.equal(before[k], after[k]) for k in routers)  # the exits were trained
 
 
+def test_exit_only_rl_trains_the_routers_and_leaves_the_backbone(ray_local, tiny_latent_dirs, tmp_path):
+    """rl.trainable=shortcuts with greedy thoughts and answers: the exits are the only actions, the routers
+    and adapters the only weights that move."""
+    out = tmp_path / "exit-only"
+    extra = {
+        "latent.learn_exits": "true",
+        "latent.policy": "vanilla",
+        "rl.answer_temperature": 0,
+        "rl.trainable": "shortcuts",
+        "rl.rewards": "[correct, {name: compute, kwargs: {unit: layer_evals}}]",
+    }
+    main(["train", CONFIG, *_overrides(tiny_latent_dirs["system15"], out, **extra)])
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if "train/reward" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert max(r["policy/logprob_gap"] for r in rows) <= 1e-4
+    assert max(r["train/grad_norm"] for r in rows) > 0  # the exit decisions carry the gradient
+    start = Path(tiny_latent_dirs["system15"])
+    wa, wb = load_file(start / "model.safetensors"), _weights(out)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # backbone untouched (the export adds tied lm_head)
+    before, after = (
+        load_file(start / "latent_heads.safetensors"),
+        load_file(out / "model" / "latent_heads.safetensors"),
+    )
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("shortcuts.") for k in moved)
+
+
 def test_learn_exits_needs_a_model_with_shortcuts(ray_local, tiny_latent_dirs, tmp_path, capsys):
     args = _overrides(tiny_latent_dirs["soft"], tmp_path / "x", **{"latent.learn_exits": "true"})
     with pytest.raises(SystemExit):
