@@ -50,5 +50,5 @@ def test_shortcuts_bench_prints_one_json_object_and_a_plot(tmp_path):
     # RL learned the exits only: with none taken (lambda 1) it decodes exactly as the model it started from
     for key in ("accuracy", "positions", "layer_evals"):
         assert res["system15_rl@1"][key] == res["system15@1"][key], key
-    assert set(res["targets"]["rl"]["per_lambda"]) == {"system15_rl@0.2", "system15_rl@1"}
+    assert set(res["targets"]["rl"]["vs_system15"]) == {"system15@0.2"}  # lambda 1 is no shortcut
     assert (tmp_path / "bench" / "accuracy_vs_compute.png").stat().st_size > 1000
