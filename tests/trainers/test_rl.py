@@ -224,17 +224,16 @@ def test_grpo_learns_system15_exits_as_actions(ray_local, tiny_latent_dirs, tmp_
 
 
 def test_exit_only_rl_trains_the_routers_and_leaves_the_backbone(ray_local, tiny_latent_dirs, tmp_path):
-    """rl.trainable=shortcuts with greedy thoughts and answers: the exits are the only actions, the routers
-    and adapters the only weights that move."""
+    """configs/system15-rl-quickstart.yaml (rl.trainable=shortcuts, greedy thoughts and answers): the exits
+    are the only actions, the routers and adapters the only weights that move."""
     out = tmp_path / "exit-only"
     extra = {
-        "latent.learn_exits": "true",
-        "latent.policy": "vanilla",
-        "rl.answer_temperature": 0,
-        "rl.trainable": "shortcuts",
+        "rl.workers": 1,
+        "rl.trainer_cpus": 1,
         "rl.rewards": "[correct, {name: compute, kwargs: {unit: layer_evals}}]",
     }
-    main(["train", CONFIG, *_overrides(tiny_latent_dirs["system15"], out, **extra)])
+    main(["train", str(REPO / "configs" / "system15-rl-quickstart.yaml"),
+          *_overrides(tiny_latent_dirs["system15"], out, **extra)])  # fmt: skip
     rows = [r for r in read_jsonl(out / "metrics.jsonl") if "train/reward" in r]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert max(r["policy/logprob_gap"] for r in rows) <= 1e-4
