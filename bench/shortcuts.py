@@ -150,9 +150,8 @@ def system15_rl(cfg, args, start: str, lams: list[float]) -> dict[str, dict]:
         rcfg.train.init_from, rcfg.train.output_dir = start, str(run_dir)
         rcfg.train.time_budget_s, rcfg.train.max_steps = args.rl_budget_s, 100_000
         rcfg.latent.learn_exits = True
-        if (
-            not args.rl_full
-        ):  # exits only, as configs/system15-rl-quickstart.yaml (+ the rl./optim. overrides)
+        # exits only, as configs/system15-rl-quickstart.yaml (+ the command line's rl./optim. overrides)
+        if not args.rl_full:
             recipe = load_config(EXIT_RL, [o for o in args.overrides if o.startswith(("rl.", "optim."))])
             rcfg.rl, rcfg.optim, rcfg.latent.policy = recipe.rl, recipe.optim, recipe.latent.policy
         if args.rl_lr is not None:
