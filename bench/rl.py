@@ -127,6 +127,10 @@ def main() -> None:
         default=500,
         help="CODI steps teaching gumbel_compute's start to overthink (0..3 wasted thoughts)",
     )
+    ap.add_argument(
+        "--start-accuracy", type=float, default=0.6,
+        help="start from the CODI checkpoint whose validation accuracy is closest to this, within 40-80%%",
+    )  # fmt: skip
     ap.add_argument("--reuse", action="store_true", help="reuse start models already trained in --out")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-rl"))
     ap.add_argument("overrides", nargs="*", help="dotted overrides of the GRPO config")
@@ -140,7 +144,7 @@ def main() -> None:
     starts = {}
     for stage in sorted({HEAD_OF.get(p, "codi_soft") for p in args.policies.split(",") if p}):
         run = train_start(base, out, stage, 2000, args.reuse, init_from=str(cot / "model"))
-        starts[stage] = pick_start(run)
+        starts[stage] = pick_start(run, target=args.start_accuracy)
 
     if "gumbel_compute" in args.policies.split(","):
         ckpt, _ = starts["codi_soft"]

@@ -223,12 +223,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"rl.pass_k={rl.pass_k}: needs 1 <= pass_k < rl.group_size={rl.group_size}")
     if not 0.0 <= rl.positive_weight <= 1.0:
         raise ConfigError(f"rl.positive_weight={rl.positive_weight} must be in [0, 1]")
+    if not 0.0 <= rl.unlikely_beta <= 1.0:
+        raise ConfigError(f"rl.unlikely_beta={rl.unlikely_beta} must be in [0, 1]")
     if rl.dynamic_sampling < 0:
         raise ConfigError(f"rl.dynamic_sampling={rl.dynamic_sampling} must be >= 0 (extra rollout rounds)")
-    if (rl.pass_k > 1 or rl.positive_weight != 1.0 or rl.dynamic_sampling) and cfg.train.recipe != "grpo":
+    grpo_only = rl.pass_k > 1 or rl.positive_weight != 1.0 or rl.dynamic_sampling or rl.unlikely_beta
+    if grpo_only and cfg.train.recipe != "grpo":
         raise ConfigError(
             f"rl.pass_k={rl.pass_k}, rl.positive_weight={rl.positive_weight}, "
-            f"rl.dynamic_sampling={rl.dynamic_sampling} act on GRPO's group advantages; "
+            f"rl.dynamic_sampling={rl.dynamic_sampling}, rl.unlikely_beta={rl.unlikely_beta} act on GRPO's "
+            "group advantages; "
             f"{cfg.train.recipe} has none"
         )
     for key in ("prompts_per_step", "epochs", "minibatches", "workers", "trainer_ranks", "eval_n"):

@@ -167,6 +167,10 @@ class RLConfig:
     positive_weight: float = _f(
         1.0, "scale of positive advantages (W-REINFORCE: 0.1 learns mostly from failures, keeps diversity)"
     )
+    unlikely_beta: float = _f(
+        0.0, "unlikeliness reward (He et al. 2025): a group's correct samples lose up to this share of their "
+        "reward, the most likely one the most, so GRPO lifts rare correct trajectories (pass@k); 0 = off",
+    )  # fmt: skip
     dynamic_sampling: int = _f(
         0, "DAPO dynamic sampling: up to this many extra rollout rounds of fresh prompts per step, to "
         "replace groups whose rewards are all equal (zero advantage); 0 = off",

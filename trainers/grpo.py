@@ -12,6 +12,8 @@ with tokens:
     A_i   = (E[max r_S | i in S] - E[max r_S]) / std(max r_S),  S a random k-subset of the group
                                                            pass@k training (Chen et al. 2025), rl.pass_k
     A_i  <- lambda A_i where A_i > 0                       W-REINFORCE (Zhu et al. 2025), rl.positive_weight
+    r_i  <- r_i (1 - beta (G - rank_i) / G) where r_i > 0  unlikeliness reward (He et al. 2025):
+                 rank_i = place by log pi, most likely 0   rl.unlikely_beta
     groups with A = 0 everywhere swapped for fresh ones      dynamic sampling (DAPO), rl.dynamic_sampling
     rho_t = exp(log pi(c_t) - log pi_old(c_t))
     L     = 1/N sum_{i,t} [ -min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i)
@@ -77,6 +79,29 @@ def _group_advantages(
         std = (((r - mean) ** 2 * v).sum(-1, keepdim=True) / n).sqrt()
         adv = adv / (std + eps)
     return torch.where(v, adv, 0.0).view(-1)
+
+
+def unlikeliness_rewards(rewards: Tensor, logp: Tensor, group_size: int, beta: float) -> Tensor:
+    """The unlikeliness reward (He et al. 2025, "Rewarding the Unlikely: Lifting GRPO Beyond Distribution
+    Sharpening", arXiv 2506.02355, sec. 4): within each group of G samples, rank_i is sample i's place by
+    the rollout's log pi(trajectory), most likely first (rank 0), and every positive reward becomes
+
+        r_i <- r_i (1 - beta (G - rank_i) / G)
+
+    so the group's most likely correct sample loses beta of its reward and the least likely beta / G.
+    GRPO otherwise reinforces the correct samples the policy already prefers and sharpens onto them (rank
+    bias), which raises pass@1 and lowers pass@k for large k. Ties keep sample order. Non-positive rewards
+    (failures, skipped samples) are unchanged.
+    """
+    if rewards.numel() % group_size or logp.shape != rewards.shape:
+        raise ValueError(f"{rewards.numel()} rewards, {logp.numel()} log-probs, groups of {group_size}")
+    if beta == 0:
+        return rewards
+    r = rewards.float().view(-1, group_size)
+    order = logp.float().view(-1, group_size).argsort(dim=-1, descending=True, stable=True)
+    rank = order.argsort(-1).float()  # rank[i] = place of sample i in the descending order
+    scaled = r * (1 - beta * (group_size - rank) / group_size)
+    return torch.where(r > 0, scaled, r).view(-1)
 
 
 def informative_groups(

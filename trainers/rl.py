@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 from rl_latent.config import Config, ConfigError, dump, to_dict
 from rl_latent.data.build import dataset_name, load_splits
 from rl_latent.metrics import answers_match, extract_answer, mean_pass_at_k
+from rl_latent.model.shortcuts import SHORTCUT_NAME
 from rl_latent.tracking import Tracker, plot_curves, read_jsonl
 from rollouts.pool import Request, RolloutPool
 from rollouts.trajectory import Trajectory
 from trainers.common import batch_indices, resumable_checkpoint, run_dir
-from trainers.grpo import fill_groups, group_advantages, informative_groups
+from trainers.grpo import fill_groups, group_advantages, informative_groups, unlikeliness_rewards
 
 TIMING_KEYS = ("rollout", "reward", "update", "sync")
 
@@ -111,7 +112,7 @@ class RLRun:
         if needs:
             meta = Path(model_dir) / "latent_config.json"
             heads = json.loads(meta.read_text()).get("heads", {}) if meta.is_file() else {}
-            if "shortcuts" not in heads:
+            if SHORTCUT_NAME not in heads:
                 raise ConfigError(
                     f"{needs[0]}: {model_dir} has no System-1.5 shortcuts (routers and adapters) to train; "
                     "start from a system15 stage's model (e.g. runs/quickstart/system15/model)"
@@ -242,8 +243,9 @@ class RLRun:
         for line in scored.errors:
             self._say(f"step {self.step}: skipped {line}")
         t0 = time.perf_counter()
+        rewards = unlikeliness_rewards(scored.total, traj.logp(), rl.group_size, rl.unlikely_beta)
         adv = group_advantages(
-            scored.total,
+            rewards,
             rl.group_size,
             scored.valid,
             std_normalize=not rl.dr_grpo,

@@ -66,6 +66,10 @@ def test_bad_values_are_rejected_with_the_key():
         load_config(None, ["train.recipe=grpo", "rl.group_size=8", "rl.pass_k=8"])
     with pytest.raises(ConfigError, match="rl.pass_k=2.*ppo"):
         load_config(None, ["train.recipe=ppo", "rl.pass_k=2"])
+    with pytest.raises(ConfigError, match="rl.unlikely_beta=1.5"):
+        load_config(None, ["train.recipe=grpo", "rl.unlikely_beta=1.5"])
+    with pytest.raises(ConfigError, match="rl.unlikely_beta=0.25.*ppo"):
+        load_config(None, ["train.recipe=ppo", "rl.unlikely_beta=0.25"])
 
 
 def test_every_field_is_documented():

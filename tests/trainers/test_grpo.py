@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from trainers.grpo import clipped_surrogate, fill_groups, group_advantages, informative_groups, k3_kl
+from trainers.grpo import (
+    clipped_surrogate,
+    fill_groups,
+    group_advantages,
+    informative_groups,
+    k3_kl,
+    unlikeliness_rewards,
+)
 
 
 def test_group_advantages_normalise_within_each_group():
@@ -145,6 +152,29 @@ def test_positive_weight_scales_only_the_positive_advantages():
     w = group_advantages(r, 4, positive_weight=0.1)
     torch.testing.assert_close(w, torch.where(plain > 0, 0.1 * plain, plain))
     assert (w < 0).sum() == (plain < 0).sum() == 4  # every failure keeps its full push down
+
+
+def test_unlikeliness_reward_by_hand():
+    # group 0: log-probs rank the samples 2, 0, 3, 1 (most likely first); group 1 has no positive reward
+    r = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, -1.0, 0.0, 0.0])
+    logp = torch.tensor([-2.0, -9.0, -1.0, -5.0, 0.0, -1.0, -2.0, -3.0])
+    out = unlikeliness_rewards(r, logp, group_size=4, beta=0.4)
+    # rank: sample 0 -> 1, sample 1 -> 3, sample 2 -> 0; r (1 - 0.4 (4 - rank) / 4)
+    torch.testing.assert_close(out[:4], torch.tensor([1 - 0.4 * 3 / 4, 1 - 0.4 / 4, 1 - 0.4, 0.0]))
+    assert torch.equal(out[4:], r[4:])  # failures and negative rewards untouched
+    assert torch.equal(unlikeliness_rewards(r, logp, 4, 0.0), r)
+    with pytest.raises(ValueError, match="groups of 3"):
+        unlikeliness_rewards(r, logp, 3, 0.4)
+
+
+def test_unlikeliness_reward_gives_the_rare_correct_sample_the_larger_advantage():
+    # two correct samples, one likely and one rare; plain GRPO gives them the same advantage
+    r = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    logp = torch.tensor([-1.0, -8.0, -3.0, -4.0])
+    plain = group_advantages(r, 4)
+    assert plain[0] == plain[1]
+    a = group_advantages(unlikeliness_rewards(r, logp, 4, 0.25), 4)
+    assert a[1] > a[0] > 0 > a[2] == a[3]
 
 
 def test_informative_groups_are_those_whose_valid_rewards_differ():
