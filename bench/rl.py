@@ -131,6 +131,10 @@ def main() -> None:
         "--start-accuracy", type=float, default=0.6,
         help="start from the CODI checkpoint whose validation accuracy is closest to this, within 40-80%%",
     )  # fmt: skip
+    ap.add_argument(
+        "--padded-start", action="store_true",
+        help="every soft-head policy starts from gumbel_compute's start (thoughts padded 0-3 steps late)",
+    )  # fmt: skip
     ap.add_argument("--reuse", action="store_true", help="reuse start models already trained in --out")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-rl"))
     ap.add_argument("overrides", nargs="*", help="dotted overrides of the GRPO config")
@@ -146,7 +150,7 @@ def main() -> None:
         run = train_start(base, out, stage, 2000, args.reuse, init_from=str(cot / "model"))
         starts[stage] = pick_start(run, target=args.start_accuracy)
 
-    if "gumbel_compute" in args.policies.split(","):
+    if "gumbel_compute" in args.policies.split(",") or args.padded_start:
         ckpt, _ = starts["codi_soft"]
         slack = slack_start(base, out, ckpt, args.slack_steps, args.reuse)
         starts["slack"] = (slack, validation_accuracy(slack.parent))
@@ -155,7 +159,8 @@ def main() -> None:
     for policy in [p for p in args.policies.split(",") if p]:
         if policy not in POLICIES:
             raise SystemExit(f"unknown policy {policy!r}; choose from {POLICIES}")
-        ckpt, start_acc = starts["slack" if policy == "gumbel_compute" else HEAD_OF.get(policy, "codi_soft")]
+        padded = policy == "gumbel_compute" or (args.padded_start and policy not in HEAD_OF)
+        ckpt, start_acc = starts["slack" if padded else HEAD_OF.get(policy, "codi_soft")]
         run = out / f"grpo-{policy}"
         shutil.rmtree(run, ignore_errors=True)
         rewards = ["correct", COMPUTE_REWARD] if policy == "gumbel_compute" else ["correct"]
