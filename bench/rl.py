@@ -5,8 +5,8 @@
     python bench/rl.py --policies gumbel,gumbel_compute --reuse
 
 1. Start: CoT-SFT, then step-aligned CODI with the soft head (and the hidden head, for the Gaussian policy),
-   checkpointed every 250 steps; the start is the checkpoint whose validation accuracy is closest to 60%
-   inside 40-80% (so that RL has room both ways). ``--reuse`` keeps models already trained in ``--out``.
+   checkpointed every 125 steps; the start is the checkpoint whose validation accuracy is closest to
+   ``--start-accuracy`` (60%) inside 40-80% (so that RL has room both ways). ``--reuse`` keeps models already trained in ``--out``.
 2. For each policy, GRPO (trainers/grpo.py, the real Ray + DeepSpeed loop) for ``--budget-s`` training
    seconds. ``gumbel_compute`` adds the compute reward (a cost per latent step, on correct samples only) and
    starts from that checkpoint taught to overthink, 0..3 redundant thoughts after the last step
@@ -71,7 +71,7 @@ def train_start(cfg, out: Path, stage: str, steps: int, reuse: bool, init_from: 
     scfg.train.max_steps, scfg.train.time_budget_s = steps, 0
     if stage != "cot_sft":  # CODI: evaluate and keep every checkpoint, to pick the start from
         scfg.train.init_from = init_from
-        scfg.train.eval_every = scfg.train.save_every = 250
+        scfg.train.eval_every = scfg.train.save_every = 125
         scfg.train.keep_checkpoints = 0
     run_recipe(scfg, progress=sys.stderr.isatty())
     return run
