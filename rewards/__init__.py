@@ -1,7 +1,7 @@
-"""Rewards: the interface, registry and loading (base.py), answer correctness and format (answer.py) and
-compute cost (compute.py). See DESIGN.md, "Rewards"."""
+"""Rewards: the interface, registry and loading (base.py), answer correctness and format (answer.py),
+compute cost (compute.py) and outcome diversity (diversity.py). See DESIGN.md, "Rewards"."""
 
-from rewards import answer, compute  # noqa: F401 - fills the registry
+from rewards import answer, compute, diversity  # noqa: F401 - fills the registry
 from rewards.base import (
     ENTRY_POINT_GROUP,
     REGISTRY,
