@@ -6,11 +6,12 @@
 
 1. Start: CoT-SFT, then step-aligned CODI with the soft head (and the hidden head, for the Gaussian policy),
    checkpointed every 125 steps; the start is the checkpoint whose validation accuracy is closest to
-   ``--start-accuracy`` (60%) inside 40-80% (so that RL has room both ways). ``--reuse`` keeps models already trained in ``--out``.
+   ``--start-accuracy`` (60%) inside 40-80% (so that RL has room both ways). ``--reuse`` keeps models already
+   trained in ``--out``.
 2. For each policy, GRPO (trainers/grpo.py, the real Ray + DeepSpeed loop) for ``--budget-s`` training
-   seconds. ``gumbel_compute`` adds the compute reward (a cost per latent step, on correct samples only) and
-   starts from that checkpoint taught to overthink, 0..3 redundant thoughts after the last step
-   (``slack_start``: the step-aligned start has no thought to spare).
+   seconds, with the recipe's rewards (``--rl-config``). ``gumbel_compute`` adds the compute reward (a cost
+   per latent step, on correct samples only) and starts from that checkpoint taught to overthink, 0..3
+   redundant thoughts after the last step (``slack_start``: the step-aligned start has no thought to spare).
 3. Held-out pass@1 / pass@8 (n = 16 samples per problem, unbiased estimator), greedy accuracy and latent
    steps at the start and at the end, on the same test problems and the same per-sample seeds.
 
@@ -155,6 +156,9 @@ def main() -> None:
         slack = slack_start(base, out, ckpt, args.slack_steps, args.reuse)
         starts["slack"] = (slack, validation_accuracy(slack.parent))
 
+    recipe_rewards = list(
+        load_config(args.rl_config, task).rl.rewards
+    )  # the recipe's; an override still wins
     results: dict[str, dict] = {}
     for policy in [p for p in args.policies.split(",") if p]:
         if policy not in POLICIES:
@@ -163,7 +167,7 @@ def main() -> None:
         ckpt, start_acc = starts["slack" if padded else HEAD_OF.get(policy, "codi_soft")]
         run = out / f"grpo-{policy}"
         shutil.rmtree(run, ignore_errors=True)
-        rewards = ["correct", COMPUTE_REWARD] if policy == "gumbel_compute" else ["correct"]
+        rewards = recipe_rewards + ([COMPUTE_REWARD] if policy == "gumbel_compute" else [])
         cfg = load_config(
             args.rl_config,
             [
