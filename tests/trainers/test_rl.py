@@ -18,6 +18,7 @@ from tests.conftest import REPO
 from trainers.rl import round_size
 
 CONFIG = str(REPO / "configs" / "grpo-quickstart.yaml")
+REWARDS = "[correct, compute, {name: batch_exploration, weight: 0.5}]"  # every built-in kind
 
 
 def _overrides(model_dir: str, out: Path, **extra) -> list[str]:
@@ -51,7 +52,7 @@ def test_grpo_entry_point_logs_everything_and_exports_the_model(
     ray_local, tiny_latent_dirs, tmp_path, capsys
 ):
     out = tmp_path / "grpo"
-    main(["train", CONFIG, *_overrides(tiny_latent_dirs["soft"], out)])
+    main(["train", CONFIG, *_overrides(tiny_latent_dirs["soft"], out, **{"rl.rewards": REWARDS})])
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.index("{") :])["steps"] == 3  # the summary `rl-latent train` prints
     rows = read_jsonl(out / "metrics.jsonl")
@@ -60,6 +61,7 @@ def test_grpo_entry_point_logs_everything_and_exports_the_model(
     keys = ["policy/kl", "policy/clipfrac", "policy/entropy", "policy/logprob_gap", "train/correct"]
     keys += [
         "train/compute",
+        "train/batch_exploration",
         "timing/rollout",
         "timing/reward",
         "timing/update",
