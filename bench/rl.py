@@ -156,9 +156,8 @@ def main() -> None:
         slack = slack_start(base, out, ckpt, args.slack_steps, args.reuse)
         starts["slack"] = (slack, validation_accuracy(slack.parent))
 
-    recipe_rewards = list(
-        load_config(args.rl_config, task).rl.rewards
-    )  # the recipe's; an override still wins
+    # the recipe's rewards, for every policy; an rl.rewards override still wins
+    recipe_rewards = list(load_config(args.rl_config, task).rl.rewards)
     results: dict[str, dict] = {}
     for policy in [p for p in args.policies.split(",") if p]:
         if policy not in POLICIES:
