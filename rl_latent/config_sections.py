@@ -204,6 +204,9 @@ class RLConfig:
     eval_problems: int = _f(100, "held-out problems per evaluation")
     eval_n: int = _f(16, "samples per problem for the unbiased pass@k")
     eval_ks: list[int] = _f([1, 8], "k values of the logged pass@k")
+    eval_seed: int | None = _f(
+        None, "seed of the evaluation's samples (None: train.seed); fix it to compare seeds on the same draws"
+    )
     gamma: float = _f(1.0, "ppo: discount over a trajectory's positions")
     lam: float = _f(0.95, "ppo: GAE lambda")
     vf_coef: float = _f(0.5, "ppo: weight of the value loss")

@@ -46,6 +46,17 @@ def sample_seed(*parts: int) -> int:
     return h
 
 
+def eval_requests(rows: list[dict], n: int, seed: int) -> list[Request]:
+    """n requests per held-out row, sample k of problem p seeded by (seed, -1, p, k): the same draws at every
+    evaluation of a run (and of every run with the same ``rl.eval_seed``), so pass@k moves with the weights
+    only, not with the noise."""
+    return [
+        Request(r["question"], str(r["answer"]), sample_seed(seed, -1, p, k), {})
+        for p, r in enumerate(rows)
+        for k in range(n)
+    ]
+
+
 def loopback_only() -> None:
     """Make every Ray process this one starts advertise and listen on 127.0.0.1 only.
 
@@ -297,11 +308,7 @@ class RLRun:
             [Request(r["question"], str(r["answer"]), 0, {}) for r in rows], policy="vanilla",
             policy_kwargs={}, answer_temperature=0.0, max_answer_tokens=cfg.eval.max_new_tokens,
         )  # fmt: skip
-        reqs = [
-            Request(r["question"], str(r["answer"]), sample_seed(cfg.train.seed, -1, p, k), {})
-            for p, r in enumerate(rows)
-            for k in range(rl.eval_n)
-        ]
+        reqs = eval_requests(rows, rl.eval_n, cfg.train.seed if rl.eval_seed is None else rl.eval_seed)
         sampled = self.pool.rollout(
             reqs, policy=cfg.latent.policy, policy_kwargs=self.policy_kwargs,
             answer_temperature=rl.answer_temperature, max_answer_tokens=cfg.eval.max_new_tokens,
@@ -449,4 +456,4 @@ def run_rl(cfg: Config, algo_cls: type, progress: bool = True) -> dict[str, Any]
         raise
 
 
-__all__ = ["RLRun", "run_rl", "sample_seed", "init_ray", "TIMING_KEYS"]
+__all__ = ["RLRun", "run_rl", "sample_seed", "eval_requests", "init_ray", "TIMING_KEYS"]

@@ -13,9 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 from rl_latent.cli import main
+from rl_latent.config import load_config
 from rl_latent.tracking import read_jsonl
 from tests.conftest import REPO
-from trainers.rl import round_size
+from trainers.rl import eval_requests, round_size
 
 CONFIG = str(REPO / "configs" / "grpo-quickstart.yaml")
 REWARDS = "[correct, compute, {name: batch_exploration, weight: 0.5}]"  # every built-in kind
@@ -144,6 +145,17 @@ def test_round_size_rolls_out_the_missing_groups_over_the_informative_share():
     assert round_size(16, 0, 16) == 16  # nothing informative yet: a full round
     assert round_size(16, 14, 16) == 4  # 2 missing at 14/16 informative: ceil(2.29) + 1
     assert round_size(16, 4, 16) == 16  # 12 missing at 1/4: 49, capped
+
+
+def test_eval_requests_draw_the_same_samples_for_one_eval_seed():
+    rows = [{"question": "q0", "answer": 1}, {"question": "q1", "answer": 2}]
+    a, b, c = eval_requests(rows, 3, 0), eval_requests(rows, 3, 0), eval_requests(rows, 3, 1)
+    assert [r.question for r in a] == ["q0"] * 3 + ["q1"] * 3 and a[3].target == "2"
+    assert [r.seed for r in a] == [r.seed for r in b] and len({r.seed for r in a}) == 6
+    assert not {r.seed for r in a} & {r.seed for r in c}  # another eval seed, other draws
+    # the default follows train.seed; rl.eval_seed pins it across training seeds
+    assert load_config(CONFIG).rl.eval_seed is None
+    assert load_config(CONFIG, ["rl.eval_seed=5", "train.seed=1"]).rl.eval_seed == 5
 
 
 def test_dynamic_sampling_replaces_uniform_groups_with_fresh_prompts(ray_local, tiny_latent_dirs, tmp_path):
