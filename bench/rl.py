@@ -1,16 +1,19 @@
 """RL over latent thoughts, one latent policy against another, from the same CODI checkpoint and wall clock.
 
-    python bench/rl.py                                  # quickstart task, 600 s of GRPO per policy
-    python bench/rl.py --task-seed 3 --budget-s 1200    # difficulty 3: CODI stays under 40% in 2000 steps
+    python bench/rl.py                                  # quickstart task, 1200 s of GRPO per policy (~2 h)
+    python bench/rl.py --policies gumbel                # the target's run: ~22 minutes
+    python bench/rl.py --task-seed 3                    # difficulty 3: CODI stays under 40% in 2000 steps
     python bench/rl.py --policies gumbel,gumbel_compute --reuse
 
 1. Start: CoT-SFT, then step-aligned CODI with the soft head (and the hidden head, for the Gaussian policy),
    checkpointed every 125 steps; the start is the checkpoint whose validation accuracy is closest to
-   ``--start-accuracy`` (60%) inside 40-80% (so that RL has room both ways). ``--reuse`` keeps models already
+   ``--start-accuracy`` (45%) inside 40-80% (so that RL has room both ways). ``--reuse`` keeps models already
    trained in ``--out``.
 2. For each policy, GRPO (trainers/grpo.py, the real Ray + DeepSpeed loop) for ``--budget-s`` training
-   seconds, with the recipe's rewards (``--rl-config``). ``gumbel_compute`` adds the compute reward (a cost
-   per latent step, on correct samples only) and starts from that checkpoint taught to overthink, 0..3
+   seconds or ``--max-steps`` steps, whichever comes first (the recipe's cosine LR decays over the steps),
+   with the recipe's rewards (``--rl-config``). ``gumbel_compute`` is rewarded for a correct answer and
+   charged per latent step on correct samples only (``COMPUTE_REWARDS``: the recipe's exploration bonus is
+   left out, it pays for answers that differ), and starts from that checkpoint taught to overthink, 0..3
    redundant thoughts after the last step (``slack_start``: the step-aligned start has no thought to spare).
 3. Held-out pass@1 / pass@8 (n = 16 samples per problem, unbiased estimator), greedy accuracy and latent
    steps at the start and at the end, on the same test problems and the same per-sample seeds
@@ -40,7 +43,10 @@ from rl_latent.tracking import read_jsonl  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 POLICIES = ("gumbel", "dirichlet", "vanilla", "gaussian", "gumbel_compute")
 HEAD_OF = {"gaussian": "codi_hidden"}  # every other policy samples the soft head
-COMPUTE_REWARD = {"name": "compute", "weight": 0.1, "kwargs": {"unit": "latent_steps", "only_correct": True}}
+COMPUTE_REWARDS = [
+    "correct",
+    {"name": "compute", "weight": 0.1, "kwargs": {"unit": "latent_steps", "only_correct": True}},
+]
 KEYS = ("pass@1", "pass@8", "accuracy", "latent_steps", "greedy_latent_steps")
 
 
@@ -118,7 +124,11 @@ def main() -> None:
     ap.add_argument("--rl-config", default=str(REPO / "configs" / "grpo-quickstart.yaml"))
     ap.add_argument("--task-seed", type=int, default=None, help="seed of the generated task (train and test)")
     ap.add_argument("--difficulty", default=None, help="difficulty level of the generated task")
-    ap.add_argument("--budget-s", type=float, default=600.0, help="GRPO training seconds per policy")
+    ap.add_argument("--budget-s", type=float, default=1200.0, help="GRPO training seconds per policy")
+    ap.add_argument(
+        "--max-steps", type=int, default=2800,
+        help="GRPO steps per policy, the LR schedule's length (2800: about what 1200 s reaches on 2 cores)",
+    )  # fmt: skip
     ap.add_argument(
         "--policies", default=",".join(POLICIES), help="comma-separated subset of " + ",".join(POLICIES)
     )
@@ -131,7 +141,7 @@ def main() -> None:
         help="CODI steps teaching gumbel_compute's start to overthink (0..3 wasted thoughts)",
     )
     ap.add_argument(
-        "--start-accuracy", type=float, default=0.6,
+        "--start-accuracy", type=float, default=0.45,
         help="start from the CODI checkpoint whose validation accuracy is closest to this, within 40-80%%",
     )  # fmt: skip
     ap.add_argument(
@@ -158,7 +168,7 @@ def main() -> None:
         slack = slack_start(base, out, ckpt, args.slack_steps, args.reuse)
         starts["slack"] = (slack, validation_accuracy(slack.parent))
 
-    # the recipe's rewards, for every policy; an rl.rewards override still wins
+    # the recipe's rewards, for every policy but gumbel_compute; an rl.rewards override still wins
     recipe_rewards = list(load_config(args.rl_config, task).rl.rewards)
     results: dict[str, dict] = {}
     for policy in [p for p in args.policies.split(",") if p]:
@@ -168,12 +178,13 @@ def main() -> None:
         ckpt, start_acc = starts["slack" if padded else HEAD_OF.get(policy, "codi_soft")]
         run = out / f"grpo-{policy}"
         shutil.rmtree(run, ignore_errors=True)
-        rewards = recipe_rewards + ([COMPUTE_REWARD] if policy == "gumbel_compute" else [])
+        rewards = COMPUTE_REWARDS if policy == "gumbel_compute" else recipe_rewards
         cfg = load_config(
             args.rl_config,
             [
-                *task, f"train.init_from={ckpt}", f"train.output_dir={run}", "train.max_steps=100000",
-                f"train.time_budget_s={args.budget_s}", "train.save_every=0", "rl.eval_every=0",
+                *task, f"train.init_from={ckpt}", f"train.output_dir={run}",
+                f"train.max_steps={args.max_steps}", f"train.time_budget_s={args.budget_s}",
+                "train.save_every=0", "rl.eval_every=0",
                 f"rl.eval_problems={args.eval_problems}", "rl.eval_n=16", "rl.eval_ks=[1,8]",
                 "rl.eval_seed=0", f"rl.workers={args.workers}", "rl.trainer_cpus=2",
                 f"latent.policy={policy.split('_')[0]}", f"rl.rewards={json.dumps(rewards)}",
