@@ -171,8 +171,6 @@ def main() -> None:
         slack = slack_start(base, out, ckpt, args.slack_steps, args.reuse)
         starts["slack"] = (slack, validation_accuracy(slack.parent))
 
-    # the recipe's rewards, for every policy but gumbel_compute; an rl.rewards override still wins
-    recipe_rewards = list(load_config(args.rl_config, task).rl.rewards)
     results: dict[str, dict] = {}
     for policy in [p for p in args.policies.split(",") if p]:
         if policy not in POLICIES:
@@ -181,7 +179,8 @@ def main() -> None:
         ckpt, start_acc = starts["slack" if padded else HEAD_OF.get(policy, "codi_soft")]
         run = out / f"grpo-{policy}"
         shutil.rmtree(run, ignore_errors=True)
-        rewards = COMPUTE_REWARDS if policy == "gumbel_compute" else recipe_rewards
+        # the recipe's rewards except for gumbel_compute; an rl.rewards in the overrides comes last and wins
+        rewards = [f"rl.rewards={json.dumps(COMPUTE_REWARDS)}"] if policy == "gumbel_compute" else []
         cfg = load_config(
             args.rl_config,
             [
@@ -190,8 +189,7 @@ def main() -> None:
                 "train.save_every=0", "rl.eval_every=0",
                 f"rl.eval_problems={args.eval_problems}", "rl.eval_n=16", "rl.eval_ks=[1,8]",
                 "rl.eval_seed=0", f"rl.workers={args.workers}", "rl.trainer_cpus=2",
-                f"latent.policy={policy.split('_')[0]}", f"rl.rewards={json.dumps(rewards)}",
-                "tracking.wandb=none", *args.overrides,
+                f"latent.policy={policy.split('_')[0]}", *rewards, "tracking.wandb=none", *args.overrides,
             ],
         )  # fmt: skip
         summary = run_recipe(cfg, progress=sys.stderr.isatty())
