@@ -38,6 +38,15 @@ class Sample:
     metadata: dict = field(default_factory=dict)  # free-form, e.g. {"prompt_index": 3}
 
 
+def groups(samples: list[Sample]) -> list[list[int]]:
+    """The indices of each prompt's samples: ``metadata["group"]`` when the trainer sets it, else the question
+    text (GRPO's group; rewards that compare a sample with its siblings use this)."""
+    out: dict[object, list[int]] = {}
+    for i, s in enumerate(samples):
+        out.setdefault(s.metadata.get("group", ("question", s.question)), []).append(i)
+    return list(out.values())
+
+
 def samples_of(traj: Any) -> list[Sample]:
     """The samples of a :class:`rollouts.trajectory.Trajectory` (empty metadata -> ``{}`` for each)."""
     n = len(traj.questions)

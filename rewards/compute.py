@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 from rewards.answer import is_correct
-from rewards.base import Sample, register
+from rewards.base import Sample, groups, register
 
-__all__ = ["compute", "UNITS"]
+__all__ = ["compute", "relative_compute", "UNITS"]
 
 UNITS = ("latent_steps", "layer_evals", "flops")
 
@@ -58,4 +58,33 @@ def compute(
         over = c if budget is None else max(0.0, c - budget)
         penalise = not only_correct or is_correct(s)
         out.append(-over / scale if penalise and over else 0.0)
+    return out
+
+
+@register("relative_compute")
+def relative_compute(samples: list[Sample], unit: str = "latent_steps") -> list[float]:
+    """Length penalty normalised within each prompt's group (Arora & Zanette 2025, "Training Language Models
+    to Reason Efficiently", arXiv 2502.04463, eq. 4), on the compute c of ``unit``:
+
+        r_i = -sigmoid((c_i - mean_C(g)) / std_C(g))   if sample i is correct, else 0
+
+    with C(g) the correct samples of i's group (``rewards.base.groups``). The penalty lies in (-1, 0), so
+    with weight alpha < 1 next to ``correct`` a correct answer always beats a wrong one, whatever it cost;
+    it ranks only the correct answers of one prompt, so a hard prompt's long chains are not charged more
+    than an easy prompt's short ones. A group whose correct samples all cost the same (std 0) gets -0.5
+    each: no effect on group-normalised advantages.
+    """
+    if unit not in UNITS:
+        raise ValueError(f"relative_compute reward: unknown unit {unit!r}; expected one of {UNITS}")
+    out = [0.0] * len(samples)
+    for members in groups(samples):
+        right = [i for i in members if is_correct(samples[i])]
+        if not right:
+            continue
+        costs = [_cost(samples[i], unit) for i in right]
+        mean = sum(costs) / len(costs)
+        std = math.sqrt(sum((c - mean) ** 2 for c in costs) / len(costs))
+        for i, c in zip(right, costs):
+            z = (c - mean) / std if std > 0 else 0.0
+            out[i] = -1.0 / (1.0 + math.exp(-z))
     return out

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 
-from rewards.base import Sample, register
+from rewards.base import Sample, groups, register
 from rl_latent.metrics import extract_answer
 
 __all__ = ["batch_exploration"]
@@ -26,11 +26,8 @@ def batch_exploration(samples: list[Sample]) -> list[float]:
     Weight it against ``correct`` in ``rl.rewards`` (e.g. 0.5: a correct answer all 8 samples share
     still scores 0.5 above a unique wrong one).
     """
-    groups: dict[object, list[int]] = defaultdict(list)
-    for i, s in enumerate(samples):
-        groups[s.metadata.get("group", ("question", s.question))].append(i)
     out = [0.0] * len(samples)
-    for members in groups.values():
+    for members in groups(samples):
         if len(members) < 2:
             continue
         answers = [extract_answer(samples[i].answer) for i in members]

@@ -1,23 +1,26 @@
 """Built-in rewards: answer correctness, format and compute cost, on hand-built samples."""
 
+import math
+
 import pytest
 
 from rewards import RewardSpec, load_reward, score
 from rewards.answer import correct, format
 from rewards.base import Sample
-from rewards.compute import compute
+from rewards.compute import compute, relative_compute
 from rl_latent.compute import SampleCompute
 
 
-def _s(answer: str = "", target: str = "", steps: int = 0, layer_evals: int = 0, flops: float = 0.0):
+def _s(answer: str = "", target: str = "", steps: int = 0, layer_evals: int = 0, flops: float = 0.0, q="q"):
     c = SampleCompute(positions=steps + 3, latent_steps=steps, layer_evals=layer_evals, flops=flops, wall_s=0)
-    return Sample(question="q", answer=answer, target=target, latent_steps=steps, compute=c, metadata={})
+    return Sample(question=q, answer=answer, target=target, latent_steps=steps, compute=c, metadata={})
 
 
 def test_builtins_are_registered():
     assert load_reward("correct") is correct
     assert load_reward("format") is format
     assert load_reward("compute") is compute
+    assert load_reward("relative_compute") is relative_compute
 
 
 def test_correct_right_wrong_negative_and_formatted():
@@ -65,6 +68,23 @@ def test_compute_only_correct_never_pays_for_a_quick_wrong_answer():
     assert compute(samples, only_correct=True) == [-6.0, 0.0, 0.0]
     assert compute(samples, only_correct=False) == [-6.0, -6.0, -1.0]
     assert compute(samples, only_correct=True, budget=2) == [-2.0, 0.0, 0.0]
+
+
+def test_relative_compute_ranks_correct_samples_within_their_group():
+    right, wrong = ("The answer is 1", "1"), ("The answer is 2", "1")
+    a = [_s(*right, steps=2), _s(*right, steps=4), _s(*wrong, steps=1)]  # prompt a: correct costs 2 and 4
+    b = [_s(*right, steps=6, q="b"), _s(*right, steps=6, q="b")]  # prompt b: all correct at equal cost
+    c = [_s(*wrong, steps=1, q="c")]  # prompt c: nothing correct
+    r = relative_compute(a + b + c)
+    z1 = 1 / (1 + math.exp(-1))  # costs 2 and 4: mean 3, std 1, so z = -1 and +1
+    assert r == pytest.approx([-(1 - z1), -z1, 0.0, -0.5, -0.5, 0.0])
+    # prompt b's 6 steps are not charged more than prompt a's 4: only the rank within a group counts
+    assert r[3] > r[1]
+    # with weight < 1 every correct sample still scores above every wrong one
+    total = [x + 0.9 * y for x, y in zip(correct(a + b + c), r)]
+    assert min(total[i] for i in (0, 1, 3, 4)) > max(total[i] for i in (2, 5))
+    with pytest.raises(ValueError, match="unknown unit"):
+        relative_compute(a, unit="tokens")
 
 
 def test_compute_rejects_bad_arguments():
