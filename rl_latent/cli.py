@@ -62,18 +62,12 @@ def _cmd_config(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.overrides)
     from rl_latent.config import to_dict
 
-    flat: dict[str, object] = {}
-
-    def walk(d: dict, prefix: str = "") -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                flat[prefix + k] = v
-
-    walk(to_dict(cfg))
+    values = to_dict(cfg)
     for key, typ, _default, help_ in describe():
-        print(f"{key:<24} {flat[key]!s:<18} {help_}  [{typ}]")
+        value: object = values
+        for part in key.split("."):  # a key names a field; its value may itself be a dict (stage_overrides)
+            value = value[part]  # type: ignore[index]
+        print(f"{key:<24} {value!s:<18} {help_}  [{typ}]")
 
 
 def build_parser() -> argparse.ArgumentParser:

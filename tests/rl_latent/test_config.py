@@ -16,6 +16,21 @@ def test_every_recipe_in_configs_loads():
         assert isinstance(load_config(path), Config)
 
 
+def test_config_command_prints_every_key_of_every_recipe(capsys):
+    from rl_latent.cli import main
+
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        main(["config", str(path), "train.seed=7"])
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == len(describe()), path
+        rows = {line.split()[0]: line for line in lines}
+        assert rows["train.seed"].split()[1] == "7"
+    # a dict-valued field is one row (the quickstart recipe has per-stage overrides)
+    main(["config", str(REPO / "configs/quickstart.yaml")])
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "'grpo': {" in rows["stage_overrides"]
+
+
 def test_overrides_are_typed_and_win_over_yaml():
     cfg = load_config(
         REPO / "configs" / "quickstart.yaml",
