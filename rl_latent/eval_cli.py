@@ -56,12 +56,15 @@ def run_eval(args: argparse.Namespace) -> dict[str, float]:
     if args.data:
         data, name = load_eval_data(args.data), Path(args.data).stem
     else:
-        cfg.data.n_train = 0
         split = args.split or ec.split
-        data, name = (
-            load_splits(cfg.data)[split],
-            dataset_name(cfg.data) + ("" if split == "test" else f"-{split}"),
-        )
+        if split != "train":
+            cfg.data.n_train = 0  # the splits are drawn independently: skip generating the training one
+        splits = load_splits(cfg.data)
+        if split not in splits:
+            raise SystemExit(f"--split {split!r}: the task has splits {sorted(splits)}")
+        data, name = splits[split], dataset_name(cfg.data) + ("" if split == "test" else f"-{split}")
+    if len(data) == 0:
+        raise SystemExit(f"{name}: no problems to evaluate")
     out = Path(args.out) if args.out else model_dir.parent / f"eval-{name}"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -79,7 +82,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, float]:
         shortcut_exit_at(model)
     except ValueError as e:
         raise SystemExit(f"--exit-at: {e}") from None
-    print(f"evaluating {model_dir} on {name} ({len(data)} problems, {n_samples} sample(s) each)")
+    n_problems = min(len(data), args.max_problems or ec.max_problems or len(data))
+    print(f"evaluating {model_dir} on {name} ({n_problems} problems, {n_samples} sample(s) each)")
     t0 = time.perf_counter()
     res = evaluate(
         model,

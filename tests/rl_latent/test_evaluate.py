@@ -1,5 +1,7 @@
 """Evaluation: left-padded batched generation equals one-at-a-time generation; metrics and compute fields."""
 
+import pytest
+
 from rl_latent.data.arith import ArithSpec, generate_arith
 from rl_latent.data.format import prompt_text
 from rl_latent.data.tokenizer import build_tokenizer
@@ -57,3 +59,17 @@ def test_latent_models_are_evaluated_through_the_sampler_with_the_probe():
         )
         assert all(len(top) == 3 and 0 <= top[0][1] <= 1 for top in rec["latent_top_tokens"])
         assert rec["num_steps"] in (1, 2, 3)
+
+
+def test_eval_cli_reads_any_split_of_a_generated_task_and_names_a_bad_one(tiny_latent_dirs, tmp_path, capsys):
+    import json
+
+    from rl_latent.cli import main
+
+    args = ["eval", tiny_latent_dirs["soft"], "--task-seed", "7", "--max-problems", "5", "--wandb", "none"]
+    main([*args, "--split", "train", "--out", str(tmp_path / "train"), "--show", "0"])
+    assert "arith-d2-train (5 problems" in capsys.readouterr().out  # fresh problems from another task seed
+    res = json.loads((tmp_path / "train" / "results.json").read_text())
+    assert res["data"].endswith("-train") and 0.0 <= res["accuracy"] <= 1.0
+    with pytest.raises(SystemExit, match="--split 'dev': the task has splits"):
+        main([*args, "--split", "dev", "--out", str(tmp_path / "dev")])
