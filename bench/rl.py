@@ -200,6 +200,7 @@ def main() -> None:
         starts["slack"] = (slack, validation_accuracy(slack.parent))
 
     fresh = fresh_problems(base, args.fresh_problems) if args.fresh_problems else None
+    start_fresh: dict[Path, dict[str, float]] = {}  # policies that share a start score it once
     results: dict[str, dict] = {}
     for policy in [p for p in args.policies.split(",") if p]:
         if policy not in POLICIES:
@@ -225,7 +226,9 @@ def main() -> None:
         start = {k: summary[f"start/{k}"] for k in KEYS}
         end = {k: summary[k] for k in KEYS}
         if fresh is not None:
-            start |= greedy_on(ckpt, fresh, cfg)
+            if ckpt not in start_fresh:
+                start_fresh[ckpt] = greedy_on(ckpt, fresh, cfg)
+            start |= start_fresh[ckpt]
             end |= greedy_on(Path(summary["model_dir"]), fresh, cfg)
         gains = ("pass@1", "pass@8", "accuracy", "accuracy_fresh")
         results[policy] = {

@@ -72,7 +72,7 @@ def relative_compute(samples: list[Sample], unit: str = "latent_steps") -> list[
     with weight alpha < 1 next to ``correct`` a correct answer always beats a wrong one, whatever it cost;
     it ranks only the correct answers of one prompt, so a hard prompt's long chains are not charged more
     than an easy prompt's short ones. A group whose correct samples all cost the same (std 0) gets -0.5
-    each: no effect on group-normalised advantages.
+    on each: no ranking among them.
     """
     if unit not in UNITS:
         raise ValueError(f"relative_compute reward: unknown unit {unit!r}; expected one of {UNITS}")

@@ -82,7 +82,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, float]:
         shortcut_exit_at(model)
     except ValueError as e:
         raise SystemExit(f"--exit-at: {e}") from None
-    n_problems = min(len(data), args.max_problems or ec.max_problems or len(data))
+    max_problems = args.max_problems or ec.max_problems
+    n_problems = min(len(data), max_problems or len(data))
     print(f"evaluating {model_dir} on {name} ({n_problems} problems, {n_samples} sample(s) each)")
     t0 = time.perf_counter()
     res = evaluate(
@@ -94,7 +95,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, float]:
         top_p=ec.top_p,
         max_new_tokens=ec.max_new_tokens,
         batch_size=ec.batch_size,
-        max_problems=args.max_problems or ec.max_problems,
+        max_problems=max_problems,
         desc=f"eval {name}",
         latent=cfg.latent,
         probe_k=ec.probe if args.probe is None else args.probe,
