@@ -50,8 +50,9 @@ from rl_latent.tracking import read_jsonl  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 POLICIES = ("gumbel", "dirichlet", "vanilla", "gaussian", "gumbel_compute")
 HEAD_OF = {"gaussian": "codi_hidden"}  # every other policy samples the soft head
-# 0.15 per latent step cut 30-43% of the sampled thoughts over three seeds with pass@1 and pass@8 up (greedy
-# accuracy +0.7 / -4.7 / -2.7); 0.1 cut 18.9%, 0.2 43% at -2.7 greedy (docs/results.md, sessions 14-15).
+# 0.15 per latent step cut 30-43% of the sampled thoughts over four seeds with pass@1 and pass@8 up (greedy
+# accuracy on 10,000 fresh problems 0.0 / -1.4 / -1.9 / +0.2; -1.8 / -3.5 without the compute reward); 0.1 cut
+# 18.9%, 0.2 43% (docs/results.md, sessions 14-16).
 # At 0.15 a correct answer after 7 or 8 thoughts (of latent.max_steps 8) scores below a wrong one.
 COMPUTE_REWARDS = [
     "correct",
