@@ -13,15 +13,18 @@ the exits are the only actions (``configs/system15-rl-quickstart.yaml``'s recipe
 weight with Gumbel thoughts and sampled answers.
 Measures every model on the test split, System-1.5 models once per lambda: greedy ``accuracy``, generated
 ``positions``, ``layer_evals`` and ``flops`` per answer, ``latency_b1_ms`` (problems one at a time) and
-``samples_per_s_b64``. ``system15_depth@l`` decodes the System-1.5 model with every generated position
-leaving at router layer ``l`` through its adapter (a static depth, routers ignored): how much of the top of
-the stack an adapter can stand in for, the ceiling on exits at critical positions. Prints one JSON object
-and writes ``accuracy_vs_compute.png`` into ``--out``.
+``samples_per_s_b64``. ``codi_depth_bound`` counts the positions System-1.5 keeps at full depth (the
+prompt's last and the critical ones): the most that exits at the other positions can save.
+``system15_depth@l`` decodes the System-1.5 model with every generated position leaving at router layer
+``l`` through its adapter (a static depth, routers ignored): how much of the top of the stack an adapter
+can stand in for, the ceiling on exits at critical positions. Prints one JSON object and writes
+``accuracy_vs_compute.png`` into ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -106,6 +109,8 @@ def main() -> None:
                 scfg.train.init_from = model_dirs[parent]
             summary = run_recipe(scfg, progress=sys.stderr.isatty())
         model_dirs[method] = str(run_dir / "model")
+        if method == "codi":
+            results["codi_depth_bound"] = depth_bound(model_dirs[method], scfg)
         lams = [float(x) for x in args.lams.split(",")] if method == "system15" else [None]
         for lam in lams:
             res, _ = bench_latent.measure(model_dirs[method], scfg, args.latency_problems, lam=lam)
@@ -124,6 +129,34 @@ def main() -> None:
     out = {**results, "targets": targets(results), "task": task_of(cfg)}
     plot(results, Path(args.out) / "accuracy_vs_compute.png")
     print(json.dumps(out, indent=2))
+
+
+def depth_bound(model_dir: str, scfg) -> dict:
+    """Where CODI's layer evaluations go, by the positions System-1.5 keeps deep: the prompt's last position
+    (always run in full) and the critical ones (``trainers.shortcut.criticality``, from the step DAG). Every
+    position runs all L blocks, so ``1 - deep / positions`` is the largest saving exits can give while the
+    deep positions run in full, even if every other position ran no block at all."""
+    from rl_latent.data.build import load_splits
+    from rl_latent.evaluate import evaluate
+    from rl_latent.model import LatentReasoner
+    from rollouts.sampler import latent_settings
+    from trainers.shortcut import criticality
+
+    arith = scfg.data.task == "arith"  # its train split is not needed (generating it takes seconds)
+    test = load_splits(dataclasses.replace(scfg.data, n_train=0) if arith else scfg.data)["test"]
+    model = LatentReasoner.from_pretrained(model_dir)
+    res = evaluate(model, test, batch_size=scfg.eval.batch_size, max_new_tokens=scfg.eval.max_new_tokens,
+                   progress=False)  # fmt: skip
+    st = latent_settings(model)
+    deep = total = 0
+    for rec, row in zip(res.records, test):
+        n = rec["latent_steps"]
+        flags = criticality(n, rec["positions"] - 1 - n, row.get("dag"), st.get("lead_steps", 0),
+                            st.get("steps_per_cot_step", 1))  # fmt: skip
+        deep, total = deep + 1 + sum(flags), total + rec["positions"]
+    n = max(1, len(res.records))
+    return {"positions": round(total / n, 3), "deep_positions": round(deep / n, 3),
+            "max_saving_without_deep_exits": round(1 - deep / max(1, total), 4)}  # fmt: skip
 
 
 def static_depths(model_dir: str, scfg, args) -> dict[str, dict]:
@@ -179,6 +212,8 @@ def targets(results: dict[str, dict]) -> dict:
     Target 3: ``system15_rl`` against ``system15`` (the model RL started from), see ``rl_targets``."""
     codi, cot = results["codi"], results["cot_sft"]
     out: dict = {"rl": rl_targets(results)} if any(k.startswith("system15_rl@") for k in results) else {}
+    if "codi_depth_bound" in results:  # the saving reachable without exits at critical positions
+        out["max_saving_without_deep_exits"] = results["codi_depth_bound"]["max_saving_without_deep_exits"]
     ok = [
         (k, r)
         for k, r in results.items()

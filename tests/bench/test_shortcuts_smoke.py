@@ -39,6 +39,13 @@ def test_shortcuts_bench_prints_one_json_object_and_a_plot(tmp_path):
     for key in ("accuracy", "positions", "layer_evals", "flops"):
         assert res["system15@1"][key] == res["codi"][key], key
     assert res["system15@0.2"]["layer_evals"] <= res["codi"]["layer_evals"]
+    # the positions kept deep (the prompt's last, the critical ones) bound the saving exits elsewhere can give
+    bound = res["codi_depth_bound"]
+    assert bound["positions"] == pytest.approx(res["codi"]["positions"], abs=1e-3)
+    assert 1.0 <= bound["deep_positions"] <= bound["positions"]
+    saving = 1 - bound["deep_positions"] / bound["positions"]
+    assert bound["max_saving_without_deep_exits"] == pytest.approx(saving, abs=1e-3)
+    assert res["targets"]["max_saving_without_deep_exits"] == bound["max_saving_without_deep_exits"]
     # static depths: every generated position runs l blocks (the prompt's last position runs all 2)
     for li in (0, 1):
         r = res[f"system15_depth@{li}"]
