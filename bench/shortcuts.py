@@ -237,23 +237,33 @@ def targets(results: dict[str, dict]) -> dict:
 def rl_targets(results: dict[str, dict]) -> dict:
     """Target 3 on the accuracy-compute frontier: for each System-1.5 operating point (lambda < 1), the
     ``system15_rl`` setting (any lambda) with the fewest layer evaluations among those within one point
-    of its accuracy; met where one of them saves layer evaluations. ``best``: the largest saving."""
+    of its accuracy; met where one of them saves layer evaluations. A point another lambda beats on both
+    accuracy and layer evaluations (``dominated_by``) is no one's choice and does not count. ``best``: the
+    largest saving."""
     rl = {k: r for k, r in results.items() if k.startswith("system15_rl@")}
+    s15 = {k: r for k, r in results.items() if k.startswith("system15@")}
     per = {}
-    for k, base in results.items():
-        if not k.startswith("system15@") or float(k.split("@")[1]) >= 1:
+    for k, base in s15.items():
+        if float(k.split("@")[1]) >= 1:
             continue
+        beats = [
+            n for n, r in s15.items()
+            if r["layer_evals"] <= base["layer_evals"] and r["accuracy"] >= base["accuracy"]
+            and (r["layer_evals"], r["accuracy"]) != (base["layer_evals"], base["accuracy"])
+        ]  # fmt: skip
         ok = [(n, r) for n, r in rl.items() if r["accuracy"] >= base["accuracy"] - 0.01]
         if not ok:
             per[k] = {"rl": None}
-            continue
-        n, r = min(ok, key=lambda nr: nr[1]["layer_evals"])
-        per[k] = {
-            "rl": n,
-            "layer_evals_saving": round(1 - r["layer_evals"] / base["layer_evals"], 4),
-            "accuracy_drop": round(base["accuracy"] - r["accuracy"], 4),
-        }
-    found = {k: v for k, v in per.items() if v["rl"] is not None}
+        else:
+            n, r = min(ok, key=lambda nr: nr[1]["layer_evals"])
+            per[k] = {
+                "rl": n,
+                "layer_evals_saving": round(1 - r["layer_evals"] / base["layer_evals"], 4),
+                "accuracy_drop": round(base["accuracy"] - r["accuracy"], 4),
+            }
+        if beats:
+            per[k]["dominated_by"] = beats[0]
+    found = {k: v for k, v in per.items() if v["rl"] is not None and "dominated_by" not in v}
     best = max(found, key=lambda k: found[k]["layer_evals_saving"]) if found else None
     met = best is not None and found[best]["layer_evals_saving"] > 0
     return {"vs_system15": per, "best": best, "met": {"fewer_layer_evals_within_1pt": met}}

@@ -59,3 +59,28 @@ def test_shortcuts_bench_prints_one_json_object_and_a_plot(tmp_path):
         assert res["system15_rl@1"][key] == res["system15@1"][key], key
     assert set(res["targets"]["rl"]["vs_system15"]) == {"system15@0.2"}  # lambda 1 is no shortcut
     assert (tmp_path / "bench" / "accuracy_vs_compute.png").stat().st_size > 1000
+
+
+def test_rl_target_ignores_a_dominated_lambda():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_shortcuts", REPO / "bench" / "shortcuts.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    pt = lambda acc, evals: {"accuracy": acc, "layer_evals": evals}  # noqa: E731
+    results = {
+        "system15@0.5": pt(0.876, 23.8),
+        "system15@0.7": pt(0.862, 24.6),  # beaten by lambda 0.5 on both counts
+        "system15@1": pt(1.0, 35.7),
+        "system15_rl@0.3": pt(0.880, 24.1),
+    }
+    out = bench.rl_targets(results)
+    per = out["vs_system15"]
+    assert per["system15@0.7"]["dominated_by"] == "system15@0.5"
+    assert per["system15@0.7"]["layer_evals_saving"] == pytest.approx(1 - 24.1 / 24.6, abs=1e-4)
+    assert "dominated_by" not in per["system15@0.5"] and "system15@1" not in per
+    # RL saves only against the dominated point: not met
+    assert out["best"] == "system15@0.5" and out["met"]["fewer_layer_evals_within_1pt"] is False
+    results["system15_rl@0.2"] = pt(0.870, 23.0)  # within a point of lambda 0.5, with fewer evaluations
+    out = bench.rl_targets(results)
+    assert out["best"] == "system15@0.5" and out["met"]["fewer_layer_evals_within_1pt"] is True
