@@ -7,17 +7,22 @@ estimates the top of the stack (the state the final norm and LM head read):
     depth shortcut:  s_l = g_l(x_{l,t})
     step shortcut:   s_l = g_l(x_{l,t}) + g'_l(x_{l,t-1})   (latent positions: the previous position's state)
 
-One recurrence serves training (soft ``w``) and inference (hard ``w = 1[w_l > lambda]``):
+One recurrence serves training (soft ``w``) and inference (hard ``w = 1[w_l > lambda]``). ``p`` is the state
+of the path still computing (``p_0 = x_0``); routers and adapters read it:
 
-    S_0 = 0, c_0 = 1;  at a router layer:  S <- S + c w s_l,  c <- c (1 - w)
-    x_{l+1} = S + c f_l(x_l)                    (f_l is decoder block l; it caches keys/values of x_l)
+    S_0 = 0, E_0 = 0, c_0 = 1;  at a router layer:  S <- S + c w s_l,  E <- E + c w p_l,  c <- c (1 - w)
+    u_l = E + c p_l;   p_{l+1} = f_l(u_l)       (f_l is decoder block l; it caches keys/values of u_l)
+    top = S + c p_L
 
 ``c`` is the probability the position is still computing, so block l runs with probability ``c`` and the
-expected layer evaluations are ``sum_l c_l`` (the compute penalty of stage 2). With hard decisions an exited
-position's state ``S`` is copied up: deeper blocks get its keys and values (computed from ``S`` by the
-block's own K/V projections, without the rest of the block), and the final norm and LM head read it.
-With ``lambda >= 1`` nothing exits and the result equals the full model's exactly (no arithmetic on the
-full path). Choices where the paper is silent are in docs/decisions.md.
+expected layer evaluations are ``sum_l c_l`` (the compute penalty of stage 2). With hard decisions a
+position that exits at l hands the final norm and LM head its exit state ``s_l``, and every deeper block
+caches keys and values of its state at the exit layer, ``p_l`` (computed by the block's own K/V projections,
+without the rest of the block): CALM's state propagation (Schuster et al., 2022). The exit state would be
+the wrong thing to copy: it says what the position outputs (for the last thought, "stop"), while later
+positions attend to what it holds (the final step's result). With ``lambda >= 1`` nothing exits and the
+result equals the full model's exactly (no arithmetic on the full path). Choices where the paper is silent
+are in docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -233,19 +238,22 @@ def shortcut_step(
     hard = lam is not None or exits is not None or uniforms is not None
     states = [x]
     if not hard:
-        S, c = torch.zeros_like(x), torch.ones(B, dtype=x.dtype, device=x.device)
+        p = x  # the computing path's state
+        S, E = torch.zeros_like(x), torch.zeros_like(x)
+        c = torch.ones(B, dtype=x.dtype, device=x.device)
         ws, ss, expected = {}, {}, torch.zeros(B, dtype=torch.float32, device=x.device)
         for li in range(L):
             if li in sc.layers:
-                w = torch.sigmoid(sc.routers[str(li)](x).float()).to(x.dtype)
-                s = sc.exit_state(li, x, None if prev is None else prev[li], latent)
+                w = torch.sigmoid(sc.routers[str(li)](p).float()).to(x.dtype)
+                s = sc.exit_state(li, p, None if prev is None else prev[li], latent)
                 ws[li], ss[li] = w, s
                 S = S + (c * w)[:, None] * s
+                E = E + (c * w)[:, None] * p
                 c = c * (1 - w)
             expected = expected + c.float()
-            x = S + c[:, None] * ad.run_layer(li, x[:, None], ctx)[:, 0]
-            states.append(x)
-        top = x
+            p = ad.run_layer(li, (E + c[:, None] * p)[:, None], ctx)[:, 0]
+            states.append(S + c[:, None] * p)
+        top = S + c[:, None] * p
         out = StepOut(
             logits=None, hidden=None, states=states, top=top, w=ws, exits=ss, expected_layers=expected
         )
@@ -254,6 +262,7 @@ def shortcut_step(
         run = torch.zeros(B, dtype=torch.long, device=x.device)
         exit_layer = torch.full((B,), L, dtype=torch.long, device=x.device)
         exit_logp = torch.zeros(B, dtype=torch.float32, device=x.device)
+        kv = x  # what deeper blocks cache for a row that has exited: its state at the exit layer
         for li in range(L):
             go, s = None, None
             if li in sc.layers and not bool(done.all()):
@@ -272,16 +281,18 @@ def shortcut_step(
                 else:
                     go = None
             computing = ~done if go is None else ~done & ~go
-            # block l caches keys/values of every row's current state (an exiting row's pre-exit state, an
-            # exited row's copy); its output is kept only for rows still computing
+            # block l caches keys/values of every row: a computing or exiting row's state entering it, an
+            # exited row's state at its exit layer; its output is kept only for rows still computing
+            inp = torch.where(done[:, None], kv, x)
             if bool(computing.all()):
                 x = ad.run_layer(li, x[:, None], ctx)[:, 0]
             elif bool(computing.any()):
-                x = torch.where(computing[:, None], ad.run_layer(li, x[:, None], ctx)[:, 0], x)
+                x = torch.where(computing[:, None], ad.run_layer(li, inp[:, None], ctx)[:, 0], x)
             else:
-                kv_only(ad, li, x[:, None], ctx)
+                kv_only(ad, li, inp[:, None], ctx)
             run = run + computing.long()
             if go is not None:
+                kv = torch.where(go[:, None], x, kv)  # an exiting row did not run block l: x is its input
                 x = torch.where(go[:, None], s, x)
                 exit_layer = torch.where(go, li, exit_layer)
                 done = done | go
@@ -299,7 +310,7 @@ def shortcut_forward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """A whole sequence with the exit layer of every position given (``exits`` [B, T], n_layer = none): the
     replay of a decode that ran :func:`shortcut_step` position by position. Block l computes keys/values of
-    every position's current state (so an exited position attends with its copied state, as in decode) and
+    every position's state entering it, an exited position's state at its exit layer (as in decode), and
     keeps its output only where the position still computes; the step shortcut reads position t-1's state
     at the same layer. Returns logits [B, T, V], the final normed state [B, T, d] and the log-prob of the exit
     decisions [B, T] (summed Bernoulli log w / log(1 - w) over the routers each position reached, fp32)."""
@@ -308,6 +319,7 @@ def shortcut_forward(
     x, ctx = ad.begin(inputs_embeds, attention_mask, pos, None, False)
     done = torch.zeros(exits.shape, dtype=torch.bool, device=x.device)
     logp = torch.zeros(exits.shape, dtype=torch.float32, device=x.device)
+    kv = x  # an exited position's state at its exit layer (what deeper blocks cache for it)
     for li in range(L):
         go = None
         if li in sc.layers:
@@ -322,8 +334,9 @@ def shortcut_forward(
             else:
                 go = None
         keep = ~done if go is None else ~done & ~go
-        x = torch.where(keep[..., None], ad.run_layer(li, x, ctx), x)
+        x = torch.where(keep[..., None], ad.run_layer(li, torch.where(done[..., None], kv, x), ctx), x)
         if go is not None:
+            kv = torch.where(go[..., None], x, kv)
             x = torch.where(go[..., None], s, x)
             done = done | go
     hidden = ad.final_norm(x)

@@ -1,5 +1,6 @@
-"""System-1.5 shortcuts: nothing exits -> the full model exactly; exits copy the state up and cache its keys
-and values; soft and hard agree at saturated routers; compute counts what ran; checkpoints round-trip."""
+"""System-1.5 shortcuts: nothing exits -> the full model exactly; an exit hands its exit state to the top and
+deeper blocks cache keys and values of its state at the exit layer; soft and hard agree at saturated
+routers; compute counts what ran; checkpoints round-trip."""
 
 import pytest
 import torch
@@ -109,6 +110,27 @@ def test_an_exit_copies_its_state_up_and_soft_matches_hard_at_saturated_routers(
         torch.testing.assert_close(
             out.past_key_values.layers[layer].keys, soft_cache.layers[layer].keys, atol=1e-5, rtol=0
         )
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@torch.no_grad()
+def test_deeper_blocks_cache_the_state_at_the_exit_layer_not_the_exit_state(arch):
+    fire = with_shortcuts(arch, layers=(0,), router_bias=30.0)  # every position exits before block 0
+    out, mask = _prefill(fire)
+    ref_cache = _prefill(fire)[0].past_key_values
+    prev = [h[:, -1] for h in out.hidden_states[:-1]] + [None]
+    x = torch.randn(1, 1, fire.hidden_size)
+    mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1)
+    hard = shortcut_step(fire, x, mask, out.past_key_values, prev=prev, latent=torch.tensor([True]), lam=0.5)
+    assert int(hard.blocks_run[0]) == 0 and int(hard.exit_layer[0]) == 0
+    # what every block would cache for the position's state entering block 0 (not for its exit state)
+    pos = fire.position_ids_from_mask(mask)[:, -1:]
+    x0, ctx = fire.adapter.begin(x, mask, pos, ref_cache, True)
+    for layer in range(fire.num_layers):
+        kv_only(fire.adapter, layer, x0, ctx)
+        torch.testing.assert_close(out.past_key_values.layers[layer].keys, ref_cache.layers[layer].keys)
+        torch.testing.assert_close(out.past_key_values.layers[layer].values, ref_cache.layers[layer].values)
+    assert not torch.allclose(hard.top, x0[:, 0])  # the LM head reads the exit state, a different one
 
 
 def test_compute_counts_the_blocks_run_and_batching_changes_nothing():
