@@ -35,6 +35,16 @@ def _prefill(model, text="a = 3 , b = a + 4 . what is b ?"):
     return out, mask
 
 
+def _next_position(model):
+    """A prefilled prompt's cache, a second cache of the same prompt, the prompt's last states (``prev``), one
+    new input and the attention mask that includes it."""
+    out, mask = _prefill(model)
+    other = _prefill(model)[0].past_key_values
+    prev = [h[:, -1] for h in out.hidden_states[:-1]] + [None]
+    x = torch.randn(1, 1, model.hidden_size)
+    return out.past_key_values, other, prev, x, torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @torch.no_grad()
 def test_nothing_exits_equals_the_full_model_exactly(arch):
@@ -91,13 +101,9 @@ def test_kv_only_caches_what_the_block_would(arch):
 @torch.no_grad()
 def test_an_exit_copies_its_state_up_and_soft_matches_hard_at_saturated_routers(arch):
     fire = with_shortcuts(arch, layers=(1,), router_bias=30.0)  # every position exits at layer 1
-    out, mask = _prefill(fire)
-    soft_cache = _prefill(fire)[0].past_key_values
-    prev = [h[:, -1] for h in out.hidden_states[:-1]] + [None]
-    x = torch.randn(1, 1, fire.hidden_size)
-    mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1)
+    cache, soft_cache, prev, x, mask = _next_position(fire)
     latent = torch.tensor([True])
-    hard = shortcut_step(fire, x, mask, out.past_key_values, prev=prev, latent=latent, lam=0.5)
+    hard = shortcut_step(fire, x, mask, cache, prev=prev, latent=latent, lam=0.5)
     soft = shortcut_step(fire, x, mask, soft_cache, prev=prev, latent=latent)
     s = fire.heads[SHORTCUT_NAME].exit_state(1, hard.states[1], prev[1], latent)
     assert int(hard.blocks_run[0]) == 1 and int(hard.exit_layer[0]) == 1
@@ -106,30 +112,24 @@ def test_an_exit_copies_its_state_up_and_soft_matches_hard_at_saturated_routers(
     torch.testing.assert_close(soft.logits, hard.logits, atol=1e-5, rtol=0)
     assert float(soft.expected_layers[0]) == pytest.approx(1.0, abs=1e-6)
     for layer in range(fire.num_layers):  # every layer cached this position (deeper ones from the copy)
-        assert out.past_key_values.layers[layer].keys.shape[-2] == mask.shape[1]
-        torch.testing.assert_close(
-            out.past_key_values.layers[layer].keys, soft_cache.layers[layer].keys, atol=1e-5, rtol=0
-        )
+        assert cache.layers[layer].keys.shape[-2] == mask.shape[1]
+        torch.testing.assert_close(cache.layers[layer].keys, soft_cache.layers[layer].keys, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 @torch.no_grad()
 def test_deeper_blocks_cache_the_state_at_the_exit_layer_not_the_exit_state(arch):
     fire = with_shortcuts(arch, layers=(0,), router_bias=30.0)  # every position exits before block 0
-    out, mask = _prefill(fire)
-    ref_cache = _prefill(fire)[0].past_key_values
-    prev = [h[:, -1] for h in out.hidden_states[:-1]] + [None]
-    x = torch.randn(1, 1, fire.hidden_size)
-    mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1)
-    hard = shortcut_step(fire, x, mask, out.past_key_values, prev=prev, latent=torch.tensor([True]), lam=0.5)
+    cache, ref_cache, prev, x, mask = _next_position(fire)
+    hard = shortcut_step(fire, x, mask, cache, prev=prev, latent=torch.tensor([True]), lam=0.5)
     assert int(hard.blocks_run[0]) == 0 and int(hard.exit_layer[0]) == 0
     # what every block would cache for the position's state entering block 0 (not for its exit state)
     pos = fire.position_ids_from_mask(mask)[:, -1:]
     x0, ctx = fire.adapter.begin(x, mask, pos, ref_cache, True)
     for layer in range(fire.num_layers):
         kv_only(fire.adapter, layer, x0, ctx)
-        torch.testing.assert_close(out.past_key_values.layers[layer].keys, ref_cache.layers[layer].keys)
-        torch.testing.assert_close(out.past_key_values.layers[layer].values, ref_cache.layers[layer].values)
+        torch.testing.assert_close(cache.layers[layer].keys, ref_cache.layers[layer].keys)
+        torch.testing.assert_close(cache.layers[layer].values, ref_cache.layers[layer].values)
     assert not torch.allclose(hard.top, x0[:, 0])  # the LM head reads the exit state, a different one
 
 
