@@ -253,7 +253,7 @@ def shortcut_step(
             expected = expected + c.float()
             p = ad.run_layer(li, (E + c[:, None] * p)[:, None], ctx)[:, 0]
             states.append(S + c[:, None] * p)
-        top = S + c[:, None] * p
+        top = states[-1]  # S + c p_L
         out = StepOut(
             logits=None, hidden=None, states=states, top=top, w=ws, exits=ss, expected_layers=expected
         )
