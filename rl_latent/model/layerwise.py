@@ -50,6 +50,21 @@ class LayerContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class KVStack:
+    """Every block's key/value projection, stacked (see :meth:`DecoderAdapter.cache_kv`): a block's keys and
+    values of a normalised state ``n`` are ``(n * gain[i] + shift[i]) @ weight[i].T + bias[i]``."""
+
+    gain: torch.Tensor  # [L, d] the block's norm weight
+    shift: torch.Tensor | None  # [L, d] its norm bias (LayerNorm)
+    weight: torch.Tensor  # [L, 2 kv, d] key rows, then value rows
+    bias: torch.Tensor | None  # [L, 2 kv]
+    key_norm: torch.Tensor | None  # [L, head_dim] a per-head RMSNorm on keys (Qwen3)
+    kv_dim: int
+    head_dim: int
+    eps: float
+
+
 class DecoderAdapter:
     """The few architecture-specific pieces of a decoder-only LM; subclasses fill them in.
 
@@ -59,6 +74,7 @@ class DecoderAdapter:
 
     def __init__(self, lm: PreTrainedModel) -> None:
         self.lm = lm
+        self._kv: tuple[tuple, KVStack] | None = None
 
     @property
     def base(self) -> nn.Module:
@@ -94,6 +110,59 @@ class DecoderAdapter:
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm.get_output_embeddings()(hidden)
+
+    def cache_kv(self, first: int, hidden: torch.Tensor, ctx: LayerContext) -> None:
+        """Cache keys and values of ``hidden`` [B, q, d] in every block from ``first`` on, without running the
+        rest of those blocks (a System-1.5 exit: deeper blocks keep the position's state for later positions
+        to attend to). What each block caches equals what the block itself would (its own norm, projections,
+        rotary embedding); the blocks share one normalisation and run as one batched matmul, on projections
+        stacked once per weight version: at batch 1 the per-block calls cost more than the arithmetic."""
+        cache, n_blocks = ctx.past_key_values, len(self.layers)
+        if cache is None or first >= n_blocks:
+            return
+        st = self._kv_stack()
+        x = self._normalize(hidden, st.eps)[:, None]  # [B, 1, q, d]
+        h = x * st.gain[first:, None, :] + (0 if st.shift is None else st.shift[first:, None, :])
+        kv = torch.matmul(h, st.weight[first:].transpose(1, 2))  # [B, nb, q, 2 kv]
+        if st.bias is not None:
+            kv = kv + st.bias[first:, None, :]
+        k, v = kv.split(st.kv_dim, dim=-1)
+        shape = (*k.shape[:-1], -1, st.head_dim)
+        k, v = k.reshape(shape).transpose(2, 3), v.reshape(shape).transpose(2, 3)  # [B, nb, heads, q, hd]
+        if st.key_norm is not None:
+            k = self._normalize(k, st.eps) * st.key_norm[first:, None, None, :]
+        k = self._position_keys(k, ctx)
+        for i in range(first, n_blocks):
+            cache.update(k[:, i - first], v[:, i - first], i)
+
+    def _kv_stack(self) -> KVStack:
+        """The stacked projections, rebuilt when a weight changed (an optimizer step bumps its version)."""
+        params = [p for i in range(len(self.layers)) for m in self._kv_modules(i) for p in m.parameters()]
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in params)
+        if grad or self._kv is None or self._kv[0] != key:
+            with torch.set_grad_enabled(grad):  # a stack built under autograd is not kept: it holds the graph
+                st = self._build_kv_stack()
+            if grad:
+                return st
+            self._kv = (key, st)
+        return self._kv[1]
+
+    def _kv_modules(self, idx: int) -> list[nn.Module]:
+        """The modules of block ``idx`` that make its keys and values (their weights key the stack)."""
+        raise NotImplementedError
+
+    def _build_kv_stack(self) -> KVStack:
+        raise NotImplementedError
+
+    @staticmethod
+    def _normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+        """The block norm without its weight (RMSNorm, in fp32 as HF computes it)."""
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+    def _position_keys(self, k: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+        return k
 
     def _causal_masks(
         self,
@@ -159,6 +228,35 @@ class LlamaLikeAdapter(DecoderAdapter):
     def final_norm(self, hidden):
         return self.base.norm(hidden)
 
+    def _kv_modules(self, idx):
+        attn = self.layers[idx].self_attn
+        mods = [self.layers[idx].input_layernorm, attn.k_proj, attn.v_proj, getattr(attn, "k_norm", None)]
+        return [m for m in mods if m is not None]
+
+    def _build_kv_stack(self):
+        blocks = list(self.layers)
+        attn = [b.self_attn for b in blocks]
+        eps = {b.input_layernorm.variance_epsilon for b in blocks} | {
+            a.k_norm.variance_epsilon for a in attn if hasattr(a, "k_norm")
+        }
+        if len(eps) != 1:
+            raise NotImplementedError(f"cache_kv needs one norm epsilon across blocks, got {sorted(eps)}")
+        has_bias = attn[0].k_proj.bias is not None
+        return KVStack(
+            gain=torch.stack([b.input_layernorm.weight for b in blocks]),
+            shift=None,
+            weight=torch.stack([torch.cat([a.k_proj.weight, a.v_proj.weight]) for a in attn]),
+            bias=torch.stack([torch.cat([a.k_proj.bias, a.v_proj.bias]) for a in attn]) if has_bias else None,
+            key_norm=torch.stack([a.k_norm.weight for a in attn]) if hasattr(attn[0], "k_norm") else None,
+            kv_dim=attn[0].k_proj.out_features, head_dim=attn[0].head_dim, eps=eps.pop(),
+        )  # fmt: skip
+
+    def _position_keys(self, k, ctx):
+        from transformers.models.llama.modeling_llama import rotate_half
+
+        cos, sin = (t[:, None, None].to(k.dtype) for t in ctx.extra["position_embeddings"])  # [B,1,1,q,hd]
+        return k * cos + rotate_half(k) * sin
+
 
 class GPT2Adapter(DecoderAdapter):
     """GPT-2: learned position embeddings ``wpe`` added to token embeddings, blocks ``h``, norm ``ln_f``."""
@@ -188,6 +286,26 @@ class GPT2Adapter(DecoderAdapter):
 
     def final_norm(self, hidden):
         return self.base.ln_f(hidden)
+
+    def _kv_modules(self, idx):
+        return [self.layers[idx].ln_1, self.layers[idx].attn.c_attn]
+
+    def _build_kv_stack(self):
+        blocks, d = list(self.layers), self.lm.config.hidden_size
+        eps = {b.ln_1.eps for b in blocks}
+        if len(eps) != 1:
+            raise NotImplementedError(f"cache_kv needs one norm epsilon across blocks, got {sorted(eps)}")
+        return KVStack(  # Conv1D: y = x @ weight + bias, the key and value columns after the query's
+            gain=torch.stack([b.ln_1.weight for b in blocks]),
+            shift=torch.stack([b.ln_1.bias for b in blocks]),
+            weight=torch.stack([b.attn.c_attn.weight[:, d:].T for b in blocks]),
+            bias=torch.stack([b.attn.c_attn.bias[d:] for b in blocks]),
+            key_norm=None, kv_dim=d, head_dim=blocks[0].attn.head_dim, eps=eps.pop(),
+        )  # fmt: skip
+
+    @staticmethod
+    def _normalize(x, eps):
+        return torch.nn.functional.layer_norm(x, x.shape[-1:], eps=eps)
 
 
 _ADAPTERS: dict[str, type[DecoderAdapter]] = {

@@ -88,6 +88,7 @@ class LatentReasoner(nn.Module):
         self.heads = nn.ModuleDict()
         self.latent_extra: dict[str, Any] = {}
         self._adapter: DecoderAdapter | None = None
+        self._n_params: dict[tuple, int] = {}
 
     # ----------------------------------------------------------------------------------------------- build
     @classmethod
@@ -229,15 +230,19 @@ class LatentReasoner(nn.Module):
 
     def n_params(self, non_embedding: bool = False) -> int:
         """Parameters of the LM (heads excluded); ``non_embedding`` drops token and position embeddings and an
-        untied output head, the count that scales per-token FLOPs (~2N, Kaplan et al. 2020)."""
-        total = sum(p.numel() for p in self.lm.parameters())
-        if not non_embedding:
-            return total
-        embedding = {id(m.weight): m.weight for m in self.lm.modules() if isinstance(m, nn.Embedding)}
-        out = self.lm.get_output_embeddings()
-        if out is not None:
-            embedding[id(out.weight)] = out.weight
-        return total - sum(w.numel() for w in embedding.values())
+        untied output head, the count that scales per-token FLOPs (~2N, Kaplan et al. 2020). Cached per LM
+        and embedding shape (every rollout asks; counting walks every module)."""
+        emb, out = self.lm.get_input_embeddings(), self.lm.get_output_embeddings()
+        key = (non_embedding, id(self.lm), tuple(emb.weight.shape), None if out is None else id(out.weight))
+        if key not in self._n_params:
+            total = sum(p.numel() for p in self.lm.parameters())
+            if non_embedding:
+                embedding = {id(m.weight): m.weight for m in self.lm.modules() if isinstance(m, nn.Embedding)}
+                if out is not None:
+                    embedding[id(out.weight)] = out.weight
+                total -= sum(w.numel() for w in embedding.values())
+            self._n_params = {key: total, **{k: v for k, v in self._n_params.items() if k[1:] == key[1:]}}
+        return self._n_params[key]
 
     # ------------------------------------------------------------------------------------------- compute
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:

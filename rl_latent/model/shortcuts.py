@@ -17,12 +17,12 @@ of the path still computing (``p_0 = x_0``); routers and adapters read it:
 ``c`` is the probability the position is still computing, so block l runs with probability ``c`` and the
 expected layer evaluations are ``sum_l c_l`` (the compute penalty of stage 2). With hard decisions a
 position that exits at l hands the final norm and LM head its exit state ``s_l``, and every deeper block
-caches keys and values of its state at the exit layer, ``p_l`` (computed by the block's own K/V projections,
-without the rest of the block): CALM's state propagation (Schuster et al., 2022). The exit state would be
-the wrong thing to copy: it says what the position outputs (for the last thought, "stop"), while later
-positions attend to what it holds (the final step's result). With ``lambda >= 1`` nothing exits and the
-result equals the full model's exactly (no arithmetic on the full path). Choices where the paper is silent
-are in docs/decisions.md.
+caches keys and values of its state at the exit layer, ``p_l`` (the blocks' own norms and K/V projections
+without the rest of the blocks, ``DecoderAdapter.cache_kv``): CALM's state propagation (Schuster et al.,
+2022). The exit state would be the wrong thing to copy: it says what the position outputs (for the last
+thought, "stop"), while later positions attend to what it holds (the final step's result). With
+``lambda >= 1`` nothing exits and the result equals the full model's exactly (no arithmetic on the full
+path). Choices where the paper is silent are in docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from rl_latent.model.layerwise import DecoderAdapter
 
 SHORTCUT_NAME = "shortcuts"
 
@@ -181,31 +179,6 @@ class StepOut:
     exit_logp: Tensor | None = None  # [B] log-prob of the sampled exit decisions (zeros unless sampled)
 
 
-def kv_only(adapter: DecoderAdapter, idx: int, hidden: Tensor, ctx: Any) -> None:
-    """Cache block ``idx``'s keys and values of ``hidden`` without running the rest of the block (an exited
-    position's copied state still gives later positions something to attend to)."""
-    layer = adapter.layers[idx]
-    cache = ctx.past_key_values
-    if cache is None:
-        return
-    if hasattr(layer, "self_attn"):  # Llama family
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-        attn = layer.self_attn
-        x = layer.input_layernorm(hidden)
-        shape = (*x.shape[:-1], -1, attn.head_dim)
-        k = attn.k_proj(x).view(shape).transpose(1, 2)
-        v = attn.v_proj(x).view(shape).transpose(1, 2)
-        cos, sin = ctx.extra["position_embeddings"]
-        _, k = apply_rotary_pos_emb(k, k, cos, sin)
-    else:  # GPT-2
-        attn = layer.attn
-        _, k, v = attn.c_attn(layer.ln_1(hidden)).split(attn.split_size, dim=2)
-        shape = (*k.shape[:-1], -1, attn.head_dim)
-        k, v = k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)
-    cache.update(k, v, idx)
-
-
 def shortcut_step(
     model: Any,
     inputs_embeds: Tensor,
@@ -284,18 +257,22 @@ def shortcut_step(
             # block l caches keys/values of every row: a computing or exiting row's state entering it, an
             # exited row's state at its exit layer; its output is kept only for rows still computing
             inp = torch.where(done[:, None], kv, x)
-            if bool(computing.all()):
+            nobody = not bool(computing.any())
+            if nobody:  # every row has left: blocks l.. only cache keys/values, all in one call
+                ad.cache_kv(li, inp[:, None], ctx)
+            elif bool(computing.all()):
                 x = ad.run_layer(li, x[:, None], ctx)[:, 0]
-            elif bool(computing.any()):
-                x = torch.where(computing[:, None], ad.run_layer(li, inp[:, None], ctx)[:, 0], x)
             else:
-                kv_only(ad, li, inp[:, None], ctx)
+                x = torch.where(computing[:, None], ad.run_layer(li, inp[:, None], ctx)[:, 0], x)
             run = run + computing.long()
             if go is not None:
                 kv = torch.where(go[:, None], x, kv)  # an exiting row did not run block l: x is its input
                 x = torch.where(go[:, None], s, x)
                 exit_layer = torch.where(go, li, exit_layer)
                 done = done | go
+            if nobody:
+                states.extend([x] * (L - li))
+                break
             states.append(x)
         top = x
         out = StepOut(logits=None, hidden=None, states=states, top=top, blocks_run=run, exit_layer=exit_layer,
@@ -343,5 +320,5 @@ def shortcut_forward(
     return ad.lm_head(hidden), hidden, logp
 
 
-__all__ = ["SHORTCUT_NAME", "Adapter", "Router", "Shortcuts", "StepOut", "has_shortcuts", "kv_only",
+__all__ = ["SHORTCUT_NAME", "Adapter", "Router", "Shortcuts", "StepOut", "has_shortcuts",
            "shortcut_exit_at", "shortcut_forward", "shortcut_step"]  # fmt: skip

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from transformers.cache_utils import DynamicCache
 
 from rl_latent.model import LatentReasoner, get_adapter, layerwise_forward, position_ids_from_mask
 
@@ -99,3 +100,67 @@ def test_unknown_family_is_refused(word_tokenizer):
         get_adapter(model.lm)
     with pytest.raises(ValueError, match="exactly one"):
         layerwise_forward(tiny("gpt2", word_tokenizer).lm)
+
+
+def _qwen3():
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8)  # fmt: skip
+    lm = Qwen3ForCausalLM(cfg).eval()
+    with torch.no_grad():  # trained-looking key norms (they start at 1)
+        for layer in lm.model.layers:
+            layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+    return lm
+
+
+@pytest.mark.parametrize("arch", [*ARCHS, "qwen3"])
+@pytest.mark.parametrize("first", [0, 1, 2])
+@torch.no_grad()
+def test_cache_kv_caches_what_each_block_would(arch, first, word_tokenizer):
+    """An exited position's copied state: every block from ``first`` on caches, in one call, the keys and
+    values it would cache running on that state (left-padded rows: each at its own position)."""
+    if arch == "qwen3":
+        lm = _qwen3()
+        ids = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]])
+        mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    else:
+        lm = tiny(arch, word_tokenizer).lm
+        ids, mask = left_padded(LatentReasoner(lm, word_tokenizer()))
+    ad = get_adapter(lm)
+    caches = [lm(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                 use_cache=True).past_key_values for _ in range(2)]  # fmt: skip
+    mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
+    pos = position_ids_from_mask(mask)[:, -1:]
+    x = torch.randn(2, 1, lm.config.hidden_size) * 3
+    _, ctx_ref = ad.begin(x, mask, pos, caches[0], True)
+    _, ctx = ad.begin(x, mask, pos, caches[1], True)
+    for i in range(first, len(ad.layers)):
+        ad.run_layer(i, x, ctx_ref)
+    ad.cache_kv(first, x, ctx)
+    for i in range(len(ad.layers)):
+        ref, mine = caches[0].layers[i], caches[1].layers[i]
+        torch.testing.assert_close(mine.keys, ref.keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mine.values, ref.values, atol=1e-5, rtol=1e-5)
+    assert caches[1].layers[first].keys.shape[-2] == mask.shape[1]  # the new position was appended
+    if first:
+        assert caches[1].layers[0].keys.shape[-2] == mask.shape[1] - 1  # blocks before it untouched
+
+
+@torch.no_grad()
+def test_cache_kv_follows_the_weights(word_tokenizer):
+    """The stacked projections are rebuilt after a weight changes in place (an optimizer step)."""
+    lm = tiny("llama", word_tokenizer).lm
+    ad = get_adapter(lm)
+
+    def cached_keys():
+        cache = DynamicCache(config=lm.config)
+        x = torch.randn(1, 1, lm.config.hidden_size, generator=torch.Generator().manual_seed(0))
+        one, zero = torch.ones(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long)
+        _, ctx = ad.begin(x, one, zero, cache, True)
+        ad.cache_kv(0, x, ctx)
+        return cache.layers[1].keys.clone()
+
+    before = cached_keys()
+    lm.model.layers[1].self_attn.k_proj.weight.mul_(2.0)
+    torch.testing.assert_close(cached_keys(), 2 * before)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rl_latent.model import LatentReasoner
-from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts, kv_only, shortcut_step
+from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts, shortcut_step
 from rollouts.sampler import rollout
 from tests.rollouts.latent_fixtures import QUESTIONS, make_latent_model
 
@@ -82,23 +82,6 @@ def test_routers_that_never_fire_give_the_full_models_rollout(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @torch.no_grad()
-def test_kv_only_caches_what_the_block_would(arch):
-    model = with_shortcuts(arch)
-    a, mask = _prefill(model)
-    b, _ = _prefill(model)
-    mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1)
-    x = torch.randn(1, 1, model.hidden_size)
-    pos = model.position_ids_from_mask(mask)[:, -1:]
-    _, ctx_a = model.adapter.begin(x, mask, pos, a.past_key_values, True)
-    _, ctx_b = model.adapter.begin(x, mask, pos, b.past_key_values, True)
-    model.adapter.run_layer(1, x, ctx_a)
-    kv_only(model.adapter, 1, x, ctx_b)
-    torch.testing.assert_close(a.past_key_values.layers[1].keys, b.past_key_values.layers[1].keys)
-    torch.testing.assert_close(a.past_key_values.layers[1].values, b.past_key_values.layers[1].values)
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-@torch.no_grad()
 def test_an_exit_copies_its_state_up_and_soft_matches_hard_at_saturated_routers(arch):
     fire = with_shortcuts(arch, layers=(1,), router_bias=30.0)  # every position exits at layer 1
     cache, soft_cache, prev, x, mask = _next_position(fire)
@@ -127,7 +110,7 @@ def test_deeper_blocks_cache_the_state_at_the_exit_layer_not_the_exit_state(arch
     pos = fire.position_ids_from_mask(mask)[:, -1:]
     x0, ctx = fire.adapter.begin(x, mask, pos, ref_cache, True)
     for layer in range(fire.num_layers):
-        kv_only(fire.adapter, layer, x0, ctx)
+        fire.adapter.run_layer(layer, x0, ctx)  # it caches keys/values of its input
         torch.testing.assert_close(cache.layers[layer].keys, ref_cache.layers[layer].keys)
         torch.testing.assert_close(cache.layers[layer].values, ref_cache.layers[layer].values)
     assert not torch.allclose(hard.top, x0[:, 0])  # the LM head reads the exit state, a different one
