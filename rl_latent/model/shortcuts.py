@@ -94,6 +94,7 @@ class Shortcuts(nn.Module):
         self.step_adapters = nn.ModuleDict(
             {str(li): Adapter(d_model, rank, residual=False) for li in self.layers} if step else {}
         )
+        self._flops: dict[str, float] | None = None
 
     def to_config(self) -> dict[str, Any]:
         return {"d_model": self.d_model, "n_layer": self.n_layer, "layers": self.layers, "rank": self.rank,
@@ -107,11 +108,14 @@ class Shortcuts(nn.Module):
         return s
 
     def flops(self) -> dict[str, float]:
-        """Forward FLOPs (2 per weight) of one router and one exit state (adapter + step adapter)."""
-        count = lambda m: sum(p.numel() for n, p in m.named_parameters() if n.endswith("weight"))  # noqa: E731
-        l0 = str(self.layers[0])
-        adapter = count(self.adapters[l0]) + (count(self.step_adapters[l0]) if self.step else 0)
-        return {"router": 2.0 * count(self.routers[l0]), "exit": 2.0 * adapter}
+        """Forward FLOPs (2 per weight) of one router and one exit state (adapter + step adapter); the shapes
+        are fixed, so counted once (every decoded sample asks)."""
+        if self._flops is None:
+            count = lambda m: sum(p.numel() for n, p in m.named_parameters() if n.endswith("weight"))  # noqa: E731
+            l0 = str(self.layers[0])
+            adapter = count(self.adapters[l0]) + (count(self.step_adapters[l0]) if self.step else 0)
+            self._flops = {"router": 2.0 * count(self.routers[l0]), "exit": 2.0 * adapter}
+        return self._flops
 
 
 def has_shortcuts(model: Any) -> bool:
