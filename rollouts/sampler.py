@@ -237,9 +237,10 @@ def rollout(
         )
         prev = so.states
         logits, h = so.logits.float(), so.hidden
+        blocks, layers, logps = so.blocks_run.tolist(), so.exit_layer.tolist(), so.exit_logp.tolist()
         for b in (phase < 2).nonzero()[:, 0].tolist():
-            layers_run[b].append(int(so.blocks_run[b]))
-            exit_record[b].append((int(so.exit_layer[b]), float(so.exit_logp[b])))
+            layers_run[b].append(blocks[b])
+            exit_record[b].append((layers[b], logps[b]))
     wall = time.perf_counter() - t0
     return _pack(
         model, head, policy, prompt_ids, questions, targets, decisions, answers, probe, n_dec, n_lat, n_ans,

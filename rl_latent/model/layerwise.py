@@ -75,6 +75,7 @@ class DecoderAdapter:
     def __init__(self, lm: PreTrainedModel) -> None:
         self.lm = lm
         self._kv: tuple[tuple, KVStack] | None = None
+        self._kv_params: list[nn.Parameter] | None = None
 
     @property
     def base(self) -> nn.Module:
@@ -137,10 +138,21 @@ class DecoderAdapter:
 
     def _kv_stack(self) -> KVStack:
         """The stacked projections, rebuilt when a weight changed (an optimizer step bumps its version)."""
-        params = [p for i in range(len(self.layers)) for m in self._kv_modules(i) for p in m.parameters()]
+        if self._kv_params is None:  # the modules stay; what they hold may change (keyed below)
+            self._kv_params = [
+                p for i in range(len(self.layers)) for m in self._kv_modules(i) for p in m.parameters()
+            ]
+        params = self._kv_params
         key = tuple((p.data_ptr(), p._version) for p in params)
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in params)
         if grad or self._kv is None or self._kv[0] != key:
+            wrapped = [type(m).__name__ for i in range(len(self.layers)) for m in self._kv_modules(i)
+                       if hasattr(m, "base_layer")]  # fmt: skip
+            if wrapped:  # a peft (LoRA) layer: its weight is the base's alone
+                raise NotImplementedError(
+                    f"cache_kv reads the key/value projections' weights, wrapped here ({wrapped[0]}): "
+                    "merge the adapter first (peft's merge_and_unload; checkpoints are saved merged)"
+                )
             with torch.set_grad_enabled(grad):  # a stack built under autograd is not kept: it holds the graph
                 st = self._build_kv_stack()
             if grad:

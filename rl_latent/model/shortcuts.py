@@ -236,27 +236,32 @@ def shortcut_step(
         )
     else:
         done = torch.zeros(B, dtype=torch.bool, device=x.device)
-        run = torch.zeros(B, dtype=torch.long, device=x.device)
+        any_done = False  # in Python: at batch 1 per-layer mask arithmetic costs about what a router does
         exit_layer = torch.full((B,), L, dtype=torch.long, device=x.device)
         exit_logp = torch.zeros(B, dtype=torch.float32, device=x.device)
         kv = x  # what deeper blocks cache for a row that has exited: its state at the exit layer
         for li in range(L):
             go, s = None, None
-            if li in sc.layers and not bool(done.all()):
+            if li in sc.layers:
                 if exits is not None:
-                    go = (exits == li) & ~done
+                    go = exits == li
                 else:
                     z = sc.routers[str(li)](x).float()
                     if uniforms is None:
-                        go = (torch.sigmoid(z) > lam) & ~done
+                        go = torch.sigmoid(z) > lam
                     else:
-                        go = (uniforms[:, sc.layers.index(li)].to(z.device) < torch.sigmoid(z)) & ~done
+                        go = uniforms[:, sc.layers.index(li)].to(z.device) < torch.sigmoid(z)
                         step_lp = torch.where(go, F.logsigmoid(z), F.logsigmoid(-z))
-                        exit_logp = exit_logp + torch.where(done, 0.0, step_lp)
+                        exit_logp = exit_logp + (torch.where(done, 0.0, step_lp) if any_done else step_lp)
+                go = go & ~done if any_done else go
                 if bool(go.any()):
                     s = sc.exit_state(li, x, None if prev is None else prev[li], latent)
                 else:
                     go = None
+            if go is None and not any_done:  # every row runs block l
+                x = ad.run_layer(li, x[:, None], ctx)[:, 0]
+                states.append(x)
+                continue
             computing = ~done if go is None else ~done & ~go
             # block l caches keys/values of every row: a computing or exiting row's state entering it, an
             # exited row's state at its exit layer; its output is kept only for rows still computing
@@ -264,23 +269,21 @@ def shortcut_step(
             nobody = not bool(computing.any())
             if nobody:  # every row has left: blocks l.. only cache keys/values, all in one call
                 ad.cache_kv(li, inp[:, None], ctx)
-            elif bool(computing.all()):
-                x = ad.run_layer(li, x[:, None], ctx)[:, 0]
             else:
                 x = torch.where(computing[:, None], ad.run_layer(li, inp[:, None], ctx)[:, 0], x)
-            run = run + computing.long()
             if go is not None:
                 kv = torch.where(go[:, None], x, kv)  # an exiting row did not run block l: x is its input
                 x = torch.where(go[:, None], s, x)
                 exit_layer = torch.where(go, li, exit_layer)
-                done = done | go
+                done, any_done = done | go, True
             if nobody:
                 states.extend([x] * (L - li))
                 break
             states.append(x)
         top = x
-        out = StepOut(logits=None, hidden=None, states=states, top=top, blocks_run=run, exit_layer=exit_layer,
-                      exit_logp=exit_logp)  # fmt: skip
+        # a row that exits at router layer l ran blocks 0..l-1; one that never exits ran all L
+        out = StepOut(logits=None, hidden=None, states=states, top=top, blocks_run=exit_layer.clone(),
+                      exit_layer=exit_layer, exit_logp=exit_logp)  # fmt: skip
     out.hidden = ad.final_norm(top)
     out.logits = ad.lm_head(out.hidden)
     return out

@@ -164,3 +164,19 @@ def test_cache_kv_follows_the_weights(word_tokenizer):
     before = cached_keys()
     lm.model.layers[1].self_attn.k_proj.weight.mul_(2.0)
     torch.testing.assert_close(cached_keys(), 2 * before)
+
+
+@torch.no_grad()
+def test_cache_kv_refuses_lora_wrapped_projections(word_tokenizer):
+    """A LoRA-wrapped projection's ``weight`` is the base's alone: stacking it would drop the adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=2, target_modules=["k_proj", "v_proj"])
+    lm = get_peft_model(tiny("llama", word_tokenizer).lm, lora)
+    ad = get_adapter(lm)
+    cache = DynamicCache(config=lm.config)
+    x = torch.randn(1, 1, lm.config.hidden_size)
+    one, zero = torch.ones(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long)
+    _, ctx = ad.begin(x, one, zero, cache, True)
+    with pytest.raises(NotImplementedError, match="merge"):
+        ad.cache_kv(0, x, ctx)
