@@ -241,7 +241,7 @@ class LatentReasoner(nn.Module):
                 if out is not None:
                     embedding[id(out.weight)] = out.weight
                 total -= sum(w.numel() for w in embedding.values())
-            self._n_params = {key: total, **{k: v for k, v in self._n_params.items() if k[1:] == key[1:]}}
+            self._n_params[key] = total
         return self._n_params[key]
 
     # ------------------------------------------------------------------------------------------- compute
