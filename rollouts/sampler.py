@@ -237,9 +237,9 @@ def rollout(
         )
         prev = so.states
         logits, h = so.logits.float(), so.hidden
-        blocks, layers, logps = so.blocks_run.tolist(), so.exit_layer.tolist(), so.exit_logp.tolist()
+        layers, logps = so.exit_layer.tolist(), so.exit_logp.tolist()  # exit layer l: blocks 0..l-1 ran
         for b in (phase < 2).nonzero()[:, 0].tolist():
-            layers_run[b].append(blocks[b])
+            layers_run[b].append(layers[b])
             exit_record[b].append((layers[b], logps[b]))
     wall = time.perf_counter() - t0
     return _pack(

@@ -178,9 +178,13 @@ class StepOut:
     w: dict[int, Tensor] = field(default_factory=dict)  # router outputs (soft) per router layer
     exits: dict[int, Tensor] = field(default_factory=dict)  # s_l per router layer (soft mode)
     expected_layers: Tensor | None = None  # [B] sum_l c_l (soft)
-    blocks_run: Tensor | None = None  # [B] int: blocks fully run (hard)
     exit_layer: Tensor | None = None  # [B] int: the router layer a row exited at (n_layer: none)
     exit_logp: Tensor | None = None  # [B] log-prob of the sampled exit decisions (zeros unless sampled)
+
+    @property
+    def blocks_run(self) -> Tensor | None:
+        """[B] int: blocks fully run (hard): an exit at router layer l ran blocks 0..l-1; no exit, all L."""
+        return self.exit_layer
 
 
 def shortcut_step(
@@ -281,9 +285,8 @@ def shortcut_step(
                 break
             states.append(x)
         top = x
-        # a row that exits at router layer l ran blocks 0..l-1; one that never exits ran all L
-        out = StepOut(logits=None, hidden=None, states=states, top=top, blocks_run=exit_layer.clone(),
-                      exit_layer=exit_layer, exit_logp=exit_logp)  # fmt: skip
+        out = StepOut(logits=None, hidden=None, states=states, top=top, exit_layer=exit_layer,
+                      exit_logp=exit_logp)  # fmt: skip
     out.hidden = ad.final_norm(top)
     out.logits = ad.lm_head(out.hidden)
     return out
