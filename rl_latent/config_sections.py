@@ -218,7 +218,13 @@ class ShortcutConfig:
     layers: list[int] = _f([], "router + adapter layers; exiting at l skips blocks l.. ([] = every layer)")
     rank: int = _f(32, "adapter rank (low-rank residual MLP)")
     router_hidden: int = _f(32, "router MLP width")
-    step: bool = _f(True, "step shortcut: a latent position's exit also reads the previous position's state")
+    step: bool = _f(True, "step shortcut: a position's exit also reads the previous position's state")
+    step_positions: str = _f(
+        "latent",
+        "where the step shortcut applies: latent positions (the paper's) or every generated one (<eot> reads "
+        "the last thought)",
+        ("latent", "all"),
+    )
     lam: float = _f(0.5, "inference exit threshold lambda: a position exits where w > lam (>= 1: never)")
     match: float = _f(1.0, "weight: every exit state matches the frozen full path's final state")
     final: float = _f(1.0, "weight: the blended output matches the full path (hidden state + logit KL)")

@@ -5,7 +5,11 @@ Per chosen layer l (``layers``; exiting *at* l means blocks l..L-1 are not run) 
 estimates the top of the stack (the state the final norm and LM head read):
 
     depth shortcut:  s_l = g_l(x_{l,t})
-    step shortcut:   s_l = g_l(x_{l,t}) + g'_l(x_{l,t-1})   (latent positions: the previous position's state)
+    step shortcut:   s_l = g_l(x_{l,t}) + g'_l(x_{l,t-1})   (the previous position's state at the same layer)
+
+The step shortcut applies to latent positions (``step_positions="latent"``, the paper's: a latent step
+reuses the previous step's state) or to every generated position (``"all"``): the ``<eot>`` position then
+reads the last thought, which holds the answer long before the ``<eot>`` position's own blocks find it.
 
 One recurrence serves training (soft ``w``) and inference (hard ``w = 1[w_l > lambda]``). ``p`` is the state
 of the path still computing (``p_0 = x_0``); routers and adapters read it:
@@ -81,14 +85,16 @@ class Shortcuts(nn.Module):
 
     def __init__(
         self, d_model: int, n_layer: int, layers: list[int], rank: int = 32, router_hidden: int = 32,
-        step: bool = True,
+        step: bool = True, step_positions: str = "latent",
     ) -> None:  # fmt: skip
         super().__init__()
+        if step_positions not in ("latent", "all"):
+            raise ValueError(f"step_positions={step_positions!r}: 'latent' or 'all'")
         bad = [li for li in layers if not 0 <= li < n_layer]
         if bad or not layers:
             raise ValueError(f"shortcut layers {layers} must be a non-empty subset of 0..{n_layer - 1}")
         self.d_model, self.n_layer, self.rank, self.router_hidden = d_model, n_layer, rank, router_hidden
-        self.layers, self.step = sorted(set(layers)), step
+        self.layers, self.step, self.step_positions = sorted(set(layers)), step, step_positions
         self.routers = nn.ModuleDict({str(li): Router(d_model, router_hidden) for li in self.layers})
         self.adapters = nn.ModuleDict({str(li): Adapter(d_model, rank) for li in self.layers})
         self.step_adapters = nn.ModuleDict(
@@ -98,13 +104,25 @@ class Shortcuts(nn.Module):
 
     def to_config(self) -> dict[str, Any]:
         return {"d_model": self.d_model, "n_layer": self.n_layer, "layers": self.layers, "rank": self.rank,
-                "router_hidden": self.router_hidden, "step": self.step}  # fmt: skip
+                "router_hidden": self.router_hidden, "step": self.step,
+                "step_positions": self.step_positions}  # fmt: skip
+
+    def step_rows(self, latent: Tensor | None) -> Tensor | None:
+        """Where the step term applies: the ``latent`` mask (any shape), every position (``"all"``; a
+        ones-like mask) or nowhere (None: no step shortcut, or no latent row)."""
+        if not self.step or latent is None:
+            return None
+        if self.step_positions == "all":
+            return torch.ones_like(latent, dtype=torch.bool)
+        return latent if bool(latent.any()) else None
 
     def exit_state(self, li: int, x: Tensor, prev: Tensor | None, latent: Tensor | None) -> Tensor:
-        """``s_l``: the adapter's estimate of the top state; latent rows add the step term of ``prev``."""
+        """``s_l``: the adapter's estimate of the top state, plus the step term of ``prev`` on the rows
+        :meth:`step_rows` picks."""
         s = self.adapters[str(li)](x)
-        if self.step and prev is not None and latent is not None and bool(latent.any()):
-            s = s + latent[:, None].to(s.dtype) * self.step_adapters[str(li)](prev)
+        rows = None if prev is None else self.step_rows(latent)
+        if rows is not None:
+            s = s + rows[..., None].to(s.dtype) * self.step_adapters[str(li)](prev)
         return s
 
     def flops(self) -> dict[str, float]:
@@ -315,9 +333,7 @@ def shortcut_forward(
             logp = logp + torch.where(done, 0.0, torch.where(go, F.logsigmoid(z), F.logsigmoid(-z)))
             if bool(go.any()):
                 prev = torch.cat([x[:, :1], x[:, :-1]], dim=1)  # position t-1's state entering block l
-                s = sc.adapters[str(li)](x)
-                if sc.step:
-                    s = s + latent[..., None].to(s.dtype) * sc.step_adapters[str(li)](prev)
+                s = sc.exit_state(li, x, prev, latent)
             else:
                 go = None
         keep = ~done if go is None else ~done & ~go

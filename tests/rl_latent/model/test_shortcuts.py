@@ -13,9 +13,13 @@ from tests.rollouts.latent_fixtures import QUESTIONS, make_latent_model
 ARCHS = ["llama", "gpt2"]
 
 
-def with_shortcuts(arch: str, layers=(0, 1), router_bias: float | None = None) -> LatentReasoner:
+def with_shortcuts(
+    arch: str, layers=(0, 1), router_bias: float | None = None, step_positions: str = "latent"
+) -> LatentReasoner:
     model = make_latent_model(arch=arch)
-    sc = Shortcuts(model.hidden_size, model.num_layers, list(layers), rank=8, router_hidden=8)
+    sc = Shortcuts(
+        model.hidden_size, model.num_layers, list(layers), rank=8, router_hidden=8, step_positions=step_positions
+    )
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in sc.parameters():  # trained-looking weights: adapters and step adapters are not identities
@@ -153,12 +157,14 @@ def test_a_static_depth_exits_every_position_at_that_layer_whatever_the_routers_
         rollout(never, QUESTIONS, max_answer_tokens=6, exit_at=2)
 
 
-def test_checkpoint_round_trip_keeps_shortcuts_and_lambda(tmp_path):
-    model = with_shortcuts("llama")
+@pytest.mark.parametrize("step_positions", ["latent", "all"])
+def test_checkpoint_round_trip_keeps_shortcuts_and_lambda(tmp_path, step_positions):
+    model = with_shortcuts("llama", step_positions=step_positions)
     model.latent_extra["shortcut"] = {"lam": 0.3}
     model.save_pretrained(tmp_path / "m")
     back = LatentReasoner.from_pretrained(tmp_path / "m")
     assert back.latent_extra["shortcut"]["lam"] == 0.3
+    assert back.heads[SHORTCUT_NAME].step_positions == step_positions
     a, b = rollout(model, QUESTIONS, max_answer_tokens=6), rollout(back, QUESTIONS, max_answer_tokens=6)
     assert a.answers == b.answers and [c.layer_evals for c in a.compute] == [c.layer_evals for c in b.compute]
     assert any(
@@ -166,13 +172,14 @@ def test_checkpoint_round_trip_keeps_shortcuts_and_lambda(tmp_path):
     )  # lambda 0.3 exits somewhere
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch,step_positions", [("llama", "latent"), ("gpt2", "latent"), ("llama", "all")])
 @torch.no_grad()
-def test_sampled_exits_replay_within_1e4_and_are_part_of_the_trajectory(arch):
+def test_sampled_exits_replay_within_1e4_and_are_part_of_the_trajectory(arch, step_positions):
     from rollouts.replay import logprob_gap, replay
     from rollouts.sampler import make_policy
 
-    model = with_shortcuts(arch, router_bias=0.0)  # w ~ 1/2: exits at every layer get sampled
+    # w ~ 1/2: exits at every layer get sampled
+    model = with_shortcuts(arch, router_bias=0.0, step_positions=step_positions)
     policy = make_policy("soft", "gumbel", tau=0.5)
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(len(QUESTIONS))]  # noqa: E731
     kw = dict(policy=policy, max_answer_tokens=6, answer_temperature=1.0, learn_exits=True)
@@ -192,3 +199,18 @@ def test_sampled_exits_replay_within_1e4_and_are_part_of_the_trajectory(arch):
     for b, o in enumerate(one):  # each row's exits come from its own generator: batching changes nothing
         n = int(n_fed[b])
         assert o.exit_layers[0, :n].tolist() == again.exit_layers[b, :n].tolist()
+
+
+@torch.no_grad()
+def test_step_positions_all_gives_every_row_the_step_term_and_latent_only_latent_rows():
+    sc = Shortcuts(16, 2, [0, 1], rank=4, router_hidden=4, step_positions="all")
+    torch.nn.init.normal_(sc.step_adapters["0"].up.weight)
+    x, prev = torch.randn(3, 16), torch.randn(3, 16)
+    latent = torch.tensor([True, False, False])
+    alone = sc.adapters["0"](x)
+    assert not torch.allclose(sc.exit_state(0, x, prev, latent)[1:], alone[1:])  # answer rows read prev too
+    sc.step_positions = "latent"
+    got = sc.exit_state(0, x, prev, latent)
+    assert torch.equal(got[1:], alone[1:]) and not torch.allclose(got[:1], alone[:1])
+    with pytest.raises(ValueError, match="step_positions='some'"):
+        Shortcuts(16, 2, [0, 1], step_positions="some")
