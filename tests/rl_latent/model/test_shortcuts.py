@@ -18,8 +18,9 @@ def with_shortcuts(
 ) -> LatentReasoner:
     model = make_latent_model(arch=arch)
     sc = Shortcuts(
-        model.hidden_size, model.num_layers, list(layers), rank=8, router_hidden=8, step_positions=step_positions
-    )
+        model.hidden_size, model.num_layers, list(layers), rank=8, router_hidden=8,
+        step_positions=step_positions,
+    )  # fmt: skip
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in sc.parameters():  # trained-looking weights: adapters and step adapters are not identities
