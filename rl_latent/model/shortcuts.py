@@ -237,13 +237,7 @@ def shortcut_step(
     hard = lam is not None or exits is not None or uniforms is not None
     states = [x]
     if not hard:
-        # The path p is a constant of the training graph: gradients reach a router only through the exit
-        # probabilities c_l w_l it sets, as in the loss of a mixture over exit layers. p_l depends on earlier
-        # routers only through the exited mass mixed into the blocks' inputs (for deeper blocks' keys and
-        # values), and a gradient through that mix told routers not to exit because deeper exits, which a
-        # hard exit never reaches, got worse inputs. The frozen blocks then need no backward pass.
-        p = x.detach()
-        prev = None if prev is None else [None if h is None else h.detach() for h in prev]
+        p = x  # the computing path's state
         S, E = torch.zeros_like(x), torch.zeros_like(x)
         c = torch.ones(B, dtype=x.dtype, device=x.device)
         ws, ss, expected = {}, {}, torch.zeros(B, dtype=torch.float32, device=x.device)
@@ -256,8 +250,7 @@ def shortcut_step(
                 E = E + (c * w)[:, None] * p
                 c = c * (1 - w)
             expected = expected + c.float()
-            with torch.no_grad():
-                p = ad.run_layer(li, (E + c[:, None] * p)[:, None], ctx)[:, 0]
+            p = ad.run_layer(li, (E + c[:, None] * p)[:, None], ctx)[:, 0]
             states.append(S + c[:, None] * p)
         top = states[-1]  # S + c p_L
         out = StepOut(
