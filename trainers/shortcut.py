@@ -7,6 +7,7 @@ Every step:
               target state h* and logits at every generated position
     student:  the same inputs, one position at a time through the soft shortcut recurrence
     loss  =   match  sum_l SmoothL1(norm(s_l), h*) / std(h*)            every exit state aims at the top
+                                                                    (adapters only: s_l of sg(p_l))
             + final  [SmoothL1(norm(x_L), h*) / std(h*) + KL(p* || p)]   the blended output
             + nll    CE(p, next answer token)                           the answer
             + router BCE(w_l, exp(-KL(p* || p_l) / (kl_scale c)))          exit where the exit agrees
@@ -122,12 +123,18 @@ def shortcut_losses(model: Any, traj: Any, cfg: Any, dags: list[Any]) -> dict[st
         a = active[:, t]
         inp = torch.stack([s[t] if t < s.shape[0] else emb.weight[pad] for s in seqs])[:, None]
         mask = torch.cat([mask, a[:, None].long()], dim=1)
+        prev_in = prev
         so = shortcut_step(model, inp, mask, cache, prev=prev, latent=latent_in[:, t])
         prev = so.states
         th, tlp, af = t_hidden[:, t], t_logp[:, t], a.float()
         std = th.std(-1).clamp(min=1e-6)
-        for li, s in so.exits.items():
-            e = ad.final_norm(s)
+        for li in so.exits:
+            # match trains the adapters alone: p_l depends on the routers only through the exited mass the
+            # soft recurrence mixes into the path's block inputs (for deeper blocks' keys and values), so
+            # its gradient would tell a router not to exit because deeper exits, which a hard exit never
+            # reaches, get worse inputs (docs/decisions.md, "Stage 2's match term")
+            pv = None if prev_in is None or prev_in[li] is None else prev_in[li].detach()
+            e = ad.final_norm(sc.exit_state(li, so.paths[li].detach(), pv, latent_in[:, t]))
             sums["match"] = (
                 sums["match"] + ((F.smooth_l1_loss(e, th, reduction="none").mean(-1) / std) * af).sum()
             )

@@ -195,6 +195,7 @@ class StepOut:
     top: Tensor  # [B, d] x_L before the final norm
     w: dict[int, Tensor] = field(default_factory=dict)  # router outputs (soft) per router layer
     exits: dict[int, Tensor] = field(default_factory=dict)  # s_l per router layer (soft mode)
+    paths: dict[int, Tensor] = field(default_factory=dict)  # p_l, the computing path's state (soft mode)
     expected_layers: Tensor | None = None  # [B] sum_l c_l (soft)
     exit_layer: Tensor | None = None  # [B] int: the router layer a row exited at (n_layer: none)
     exit_logp: Tensor | None = None  # [B] log-prob of the sampled exit decisions (zeros unless sampled)
@@ -240,12 +241,12 @@ def shortcut_step(
         p = x  # the computing path's state
         S, E = torch.zeros_like(x), torch.zeros_like(x)
         c = torch.ones(B, dtype=x.dtype, device=x.device)
-        ws, ss, expected = {}, {}, torch.zeros(B, dtype=torch.float32, device=x.device)
+        ws, ss, ps, expected = {}, {}, {}, torch.zeros(B, dtype=torch.float32, device=x.device)
         for li in range(L):
             if li in sc.layers:
                 w = torch.sigmoid(sc.routers[str(li)](p).float()).to(x.dtype)
                 s = sc.exit_state(li, p, None if prev is None else prev[li], latent)
-                ws[li], ss[li] = w, s
+                ws[li], ss[li], ps[li] = w, s, p
                 S = S + (c * w)[:, None] * s
                 E = E + (c * w)[:, None] * p
                 c = c * (1 - w)
@@ -254,7 +255,14 @@ def shortcut_step(
             states.append(S + c[:, None] * p)
         top = states[-1]  # S + c p_L
         out = StepOut(
-            logits=None, hidden=None, states=states, top=top, w=ws, exits=ss, expected_layers=expected
+            logits=None,
+            hidden=None,
+            states=states,
+            top=top,
+            w=ws,
+            exits=ss,
+            paths=ps,
+            expected_layers=expected,
         )
     else:
         done = torch.zeros(B, dtype=torch.bool, device=x.device)
