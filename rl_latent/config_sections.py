@@ -225,6 +225,9 @@ class ShortcutConfig:
         "the last thought)",
         ("latent", "all"),
     )
+    router_latent: bool = _f(
+        False, "routers add a learned bias on thought inputs (a first-layer router reads only the input)"
+    )
     lam: float = _f(0.5, "inference exit threshold lambda: a position exits where w > lam (>= 1: never)")
     match: float = _f(1.0, "weight: every exit state matches the frozen full path's final state")
     final: float = _f(1.0, "weight: the blended output matches the full path (hidden state + logit KL)")

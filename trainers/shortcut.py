@@ -179,6 +179,7 @@ class ShortcutRecipe(Recipe):
             model.heads[SHORTCUT_NAME] = Shortcuts(
                 model.hidden_size, model.num_layers, layers, rank=sc_cfg.rank,
                 router_hidden=sc_cfg.router_hidden, step=sc_cfg.step, step_positions=sc_cfg.step_positions,
+                router_latent=sc_cfg.router_latent,
             ).to(model.device)  # fmt: skip
         n_train = train_only_head(model, SHORTCUT_NAME)
         model.latent_extra["shortcut"] = {"lam": sc_cfg.lam}

@@ -42,21 +42,27 @@ SHORTCUT_NAME = "shortcuts"
 
 
 class Router(nn.Module):
-    """``w = sigmoid(W2 GELU(W1 LN(x)) + b)``; the bias starts at -4 so a new router almost never exits."""
+    """``w = sigmoid(W2 GELU(W1 LN(x)) + b + b_lat 1[latent])``; the bias starts at -4 so a new router
+    almost never exits. ``b_lat`` (``latent_bias=True``) separates thought inputs from tokens: at the first
+    layer a router reads only the input, and a soft thought over numbers looks like a number token."""
 
-    def __init__(self, d_model: int, d_hidden: int) -> None:
+    def __init__(self, d_model: int, d_hidden: int, latent_bias: bool = False) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.LayerNorm(d_model), nn.Linear(d_model, d_hidden), nn.GELU(), nn.Linear(d_hidden, 1)
         )
         nn.init.constant_(self.net[-1].bias, -4.0)
+        self.latent_bias = nn.Parameter(torch.zeros(())) if latent_bias else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, latent: Tensor | None = None) -> Tensor:
         # functional calls: the router runs at every layer of every decoded position, and at batch 1 the
         # per-module call overhead is most of its cost
         ln, fc1, _, fc2 = self.net
         h = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-        return F.linear(F.gelu(F.linear(h, fc1.weight, fc1.bias)), fc2.weight, fc2.bias).squeeze(-1)
+        z = F.linear(F.gelu(F.linear(h, fc1.weight, fc1.bias)), fc2.weight, fc2.bias).squeeze(-1)
+        if self.latent_bias is not None and latent is not None:
+            z = z + latent.to(z.dtype) * self.latent_bias
+        return z
 
 
 class Adapter(nn.Module):
@@ -85,7 +91,7 @@ class Shortcuts(nn.Module):
 
     def __init__(
         self, d_model: int, n_layer: int, layers: list[int], rank: int = 32, router_hidden: int = 32,
-        step: bool = True, step_positions: str = "latent",
+        step: bool = True, step_positions: str = "latent", router_latent: bool = False,
     ) -> None:  # fmt: skip
         super().__init__()
         if step_positions not in ("latent", "all"):
@@ -95,7 +101,10 @@ class Shortcuts(nn.Module):
             raise ValueError(f"shortcut layers {layers} must be a non-empty subset of 0..{n_layer - 1}")
         self.d_model, self.n_layer, self.rank, self.router_hidden = d_model, n_layer, rank, router_hidden
         self.layers, self.step, self.step_positions = sorted(set(layers)), step, step_positions
-        self.routers = nn.ModuleDict({str(li): Router(d_model, router_hidden) for li in self.layers})
+        self.router_latent = router_latent
+        self.routers = nn.ModuleDict(
+            {str(li): Router(d_model, router_hidden, router_latent) for li in self.layers}
+        )
         self.adapters = nn.ModuleDict({str(li): Adapter(d_model, rank) for li in self.layers})
         self.step_adapters = nn.ModuleDict(
             {str(li): Adapter(d_model, rank, residual=False) for li in self.layers} if step else {}
@@ -105,7 +114,7 @@ class Shortcuts(nn.Module):
     def to_config(self) -> dict[str, Any]:
         return {"d_model": self.d_model, "n_layer": self.n_layer, "layers": self.layers, "rank": self.rank,
                 "router_hidden": self.router_hidden, "step": self.step,
-                "step_positions": self.step_positions}  # fmt: skip
+                "step_positions": self.step_positions, "router_latent": self.router_latent}  # fmt: skip
 
     def step_rows(self, latent: Tensor | None) -> Tensor | None:
         """Where the step term applies: the ``latent`` mask (any shape), every position (``"all"``; a
@@ -244,7 +253,7 @@ def shortcut_step(
         ws, ss, ps, expected = {}, {}, {}, torch.zeros(B, dtype=torch.float32, device=x.device)
         for li in range(L):
             if li in sc.layers:
-                w = torch.sigmoid(sc.routers[str(li)](p).float()).to(x.dtype)
+                w = torch.sigmoid(sc.routers[str(li)](p, latent).float()).to(x.dtype)
                 s = sc.exit_state(li, p, None if prev is None else prev[li], latent)
                 ws[li], ss[li], ps[li] = w, s, p
                 S = S + (c * w)[:, None] * s
@@ -276,7 +285,7 @@ def shortcut_step(
                 if exits is not None:
                     go = exits == li
                 else:
-                    z = sc.routers[str(li)](x).float()
+                    z = sc.routers[str(li)](x, latent).float()
                     if uniforms is None:
                         go = torch.sigmoid(z) > lam
                     else:
@@ -336,7 +345,7 @@ def shortcut_forward(
     for li in range(L):
         go = None
         if li in sc.layers:
-            z = sc.routers[str(li)](x).float()
+            z = sc.routers[str(li)](x, latent).float()
             go = (exits == li) & ~done
             logp = logp + torch.where(done, 0.0, torch.where(go, F.logsigmoid(z), F.logsigmoid(-z)))
             if bool(go.any()):

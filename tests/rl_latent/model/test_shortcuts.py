@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rl_latent.model import LatentReasoner
-from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts, shortcut_step
+from rl_latent.model.shortcuts import SHORTCUT_NAME, Router, Shortcuts, shortcut_step
 from rollouts.sampler import rollout
 from tests.rollouts.latent_fixtures import QUESTIONS, make_latent_model
 
@@ -14,12 +14,16 @@ ARCHS = ["llama", "gpt2"]
 
 
 def with_shortcuts(
-    arch: str, layers=(0, 1), router_bias: float | None = None, step_positions: str = "latent"
+    arch: str,
+    layers=(0, 1),
+    router_bias: float | None = None,
+    step_positions: str = "latent",
+    router_latent: bool = False,
 ) -> LatentReasoner:
     model = make_latent_model(arch=arch)
     sc = Shortcuts(
         model.hidden_size, model.num_layers, list(layers), rank=8, router_hidden=8,
-        step_positions=step_positions,
+        step_positions=step_positions, router_latent=router_latent,
     )  # fmt: skip
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -158,14 +162,15 @@ def test_a_static_depth_exits_every_position_at_that_layer_whatever_the_routers_
         rollout(never, QUESTIONS, max_answer_tokens=6, exit_at=2)
 
 
-@pytest.mark.parametrize("step_positions", ["latent", "all"])
-def test_checkpoint_round_trip_keeps_shortcuts_and_lambda(tmp_path, step_positions):
-    model = with_shortcuts("llama", step_positions=step_positions)
+@pytest.mark.parametrize("step_positions,router_latent", [("latent", False), ("all", True)])
+def test_checkpoint_round_trip_keeps_shortcuts_and_lambda(tmp_path, step_positions, router_latent):
+    model = with_shortcuts("llama", step_positions=step_positions, router_latent=router_latent)
     model.latent_extra["shortcut"] = {"lam": 0.3}
     model.save_pretrained(tmp_path / "m")
     back = LatentReasoner.from_pretrained(tmp_path / "m")
     assert back.latent_extra["shortcut"]["lam"] == 0.3
     assert back.heads[SHORTCUT_NAME].step_positions == step_positions
+    assert (back.heads[SHORTCUT_NAME].routers["0"].latent_bias is not None) == router_latent
     a, b = rollout(model, QUESTIONS, max_answer_tokens=6), rollout(back, QUESTIONS, max_answer_tokens=6)
     assert a.answers == b.answers and [c.layer_evals for c in a.compute] == [c.layer_evals for c in b.compute]
     assert any(
@@ -173,14 +178,17 @@ def test_checkpoint_round_trip_keeps_shortcuts_and_lambda(tmp_path, step_positio
     )  # lambda 0.3 exits somewhere
 
 
-@pytest.mark.parametrize("arch,step_positions", [("llama", "latent"), ("gpt2", "latent"), ("llama", "all")])
+@pytest.mark.parametrize(
+    "arch,step_positions,router_latent",
+    [("llama", "latent", False), ("gpt2", "latent", False), ("llama", "all", True)],
+)
 @torch.no_grad()
-def test_sampled_exits_replay_within_1e4_and_are_part_of_the_trajectory(arch, step_positions):
+def test_sampled_exits_replay_within_1e4_and_are_part_of_the_trajectory(arch, step_positions, router_latent):
     from rollouts.replay import logprob_gap, replay
     from rollouts.sampler import make_policy
 
     # w ~ 1/2: exits at every layer get sampled
-    model = with_shortcuts(arch, router_bias=0.0, step_positions=step_positions)
+    model = with_shortcuts(arch, router_bias=0.0, step_positions=step_positions, router_latent=router_latent)
     policy = make_policy("soft", "gumbel", tau=0.5)
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(len(QUESTIONS))]  # noqa: E731
     kw = dict(policy=policy, max_answer_tokens=6, answer_temperature=1.0, learn_exits=True)
@@ -215,3 +223,13 @@ def test_step_positions_all_gives_every_row_the_step_term_and_latent_only_latent
     assert torch.equal(got[1:], alone[1:]) and not torch.allclose(got[:1], alone[:1])
     with pytest.raises(ValueError, match="step_positions='some'"):
         Shortcuts(16, 2, [0, 1], step_positions="some")
+
+
+def test_the_latent_bias_moves_only_thought_rows():
+    r = Router(16, 4, latent_bias=True)
+    with torch.no_grad():
+        r.latent_bias.fill_(2.5)
+    x, latent = torch.randn(3, 16), torch.tensor([True, False, True])
+    torch.testing.assert_close(r(x, latent) - r(x), torch.tensor([2.5, 0.0, 2.5]))
+    plain = Router(16, 4)
+    assert plain.latent_bias is None and torch.equal(plain(x, latent), plain(x))  # no bias: latent ignored
