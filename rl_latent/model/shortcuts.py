@@ -52,7 +52,9 @@ class Router(nn.Module):
             nn.LayerNorm(d_model), nn.Linear(d_model, d_hidden), nn.GELU(), nn.Linear(d_hidden, 1)
         )
         nn.init.constant_(self.net[-1].bias, -4.0)
-        self.latent_bias = nn.Parameter(torch.zeros(())) if latent_bias else None
+        self.latent_bias = (
+            nn.Parameter(torch.zeros(1)) if latent_bias else None
+        )  # 1-d: DeepSpeed broadcasts bytes
 
     def forward(self, x: Tensor, latent: Tensor | None = None) -> Tensor:
         # functional calls: the router runs at every layer of every decoded position, and at batch 1 the

@@ -63,6 +63,8 @@ def test_system15_entry_point_freezes_the_backbone_and_logs_compute(tiny_latent_
         "train.save_every": 2,
         "train.log_every": 1,
         "train.time_budget_s": 0,
+        "shortcut.step_positions": "all",  # the non-default parts: <eot> reads the last thought's state ...
+        "shortcut.router_latent": "true",  # ... and the routers' thought bias (a DeepSpeed-trained parameter)
         "data.n_train": 64,
         "data.n_valid": 8,
         "data.n_test": 8,
