@@ -48,9 +48,9 @@ _spec.loader.exec_module(bench_latent)
 EXIT_RL = REPO / "configs" / "system15-rl-quickstart.yaml"
 # the stage each method is trained by, and the one it starts from
 METHODS = {"cot_sft": ("cot_sft", None), "codi": ("codi_soft", "cot_sft"), "system15": ("system15", "codi")}
-# the task with natural-language CoT; room for depth; stage 2 without the extra depth price on critical
-# positions (session 17: with it 1.000 at -31.5% layer evals, without -38.8% at 800 steps, -41.7% at 1600)
-DEFAULTS = ["data.nl_cot=true", "model.n_layer=6", "shortcut.critical=1.0"]
+# the task with natural-language CoT; room for depth. Stage 2 keeps its defaults (docs/decisions.md, session
+# 19: with <eot> reading the last thought, the extra depth price on critical positions costs no exits there)
+DEFAULTS = ["data.nl_cot=true", "model.n_layer=6"]
 
 
 def main() -> None:

@@ -220,13 +220,13 @@ class ShortcutConfig:
     router_hidden: int = _f(32, "router MLP width")
     step: bool = _f(True, "step shortcut: a position's exit also reads the previous position's state")
     step_positions: str = _f(
-        "latent",
+        "all",
         "where the step shortcut applies: latent positions (the paper's) or every generated one (<eot> reads "
         "the last thought)",
         ("latent", "all"),
     )
     router_latent: bool = _f(
-        False, "routers add a learned bias on thought inputs (a first-layer router reads only the input)"
+        True, "routers add a learned bias on thought inputs (a first-layer router reads only the input)"
     )
     lam: float = _f(0.5, "inference exit threshold lambda: a position exits where w > lam (>= 1: never)")
     match: float = _f(1.0, "weight: every exit state matches the frozen full path's final state")
@@ -236,6 +236,9 @@ class ShortcutConfig:
     compute: float = _f(0.5, "weight: the compute penalty, expected blocks run / n_layer")
     kl_scale: float = _f(0.1, "router target temperature: an exit with KL = kl_scale gets target 1/e")
     critical: float = _f(0.1, "critical positions: compute penalty x this, kl_scale x this (kept deep)")
+    critical_answer: bool = _f(
+        False, "the position that emits the first answer token counts as critical (else only step results)"
+    )
 
 
 @dataclass

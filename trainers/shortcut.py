@@ -15,9 +15,11 @@ Every step:
 
 ``c`` is 1 for non-critical positions and ``shortcut.critical`` for critical ones, so critical positions pay
 less for depth and need a closer exit before their router says go. Critical positions (``criticality``): a
-latent decision that says the result of a step other steps depend on (or the last one), and the position
-that emits the first answer token. Non-critical: the stop decision, filler latent steps, later answer
-tokens. Without a step DAG every step counts as critical.
+latent decision that says the result of a step other steps depend on (or the last one), and, with
+``shortcut.critical_answer``, the position that emits the first answer token (off by default: with the step
+shortcut at every position it reads the last thought's state, and the discount only kept it deep).
+Non-critical: the stop decision, filler latent steps, answer tokens. Without a step DAG every step counts
+as critical.
 """
 
 from __future__ import annotations
@@ -36,13 +38,20 @@ from trainers.common import categorical_kl, train_only_head
 from trainers.recipe import Recipe, run_recipe_class
 
 
-def criticality(n_latent: int, n_answer: int, dag: list[list[int]] | None, lead: int = 0, per_step: int = 1):
+def criticality(
+    n_latent: int,
+    n_answer: int,
+    dag: list[list[int]] | None,
+    lead: int = 0,
+    per_step: int = 1,
+    answer: bool = True,
+):
     """Critical flags of the ``n_latent + n_answer`` generated positions (inputs z_1..z_n, <eot>, a_0..).
 
     Position i < n feeds z_{i+1}; its output makes latent decision i+1: the stop when i+1 == n, else the
     result of CoT step (i+1 - lead) / per_step when it is the last of its group. A step is critical when a
     later step reads it or it is the last one (``dag[s]`` lists step s's parents). Position n feeds <eot>
-    and emits the first answer token (critical); later answer positions are not.
+    and emits the first answer token (critical when ``answer``); later answer positions are not.
     """
     if dag is None:
         critical_steps = None
@@ -58,7 +67,7 @@ def criticality(n_latent: int, n_answer: int, dag: list[list[int]] | None, lead:
         else:
             step = k // per_step
             flags.append(critical_steps is None or step in critical_steps)
-    flags += [True] + [False] * max(0, n_answer - 1)
+    flags += [answer] + [False] * max(0, n_answer - 1)
     return flags
 
 
@@ -94,6 +103,7 @@ def shortcut_losses(model: Any, traj: Any, cfg: Any, dags: list[Any]) -> dict[st
                         dag,
                         settings.get("lead_steps", 0),
                         settings.get("steps_per_cot_step", 1),
+                        sc_cfg.critical_answer,
                     )
                     + [False] * T
                 )[:T]  # fmt: skip

@@ -28,6 +28,7 @@ def test_criticality_from_the_step_dag_and_without_one():
     assert criticality(3, 1, None) == [True, True, False, True]  # no DAG: every step counts
     # one lead step and two latent steps per CoT step: only the last of each group says a result
     assert criticality(4, 1, chain, lead=1, per_step=2) == [False, True, False, False, True]
+    assert criticality(3, 2, chain, answer=False) == [True, True, False, False, False]  # step results only
 
 
 def test_stage2_losses_train_only_the_shortcuts_and_cut_expected_depth():
