@@ -52,9 +52,8 @@ class Router(nn.Module):
             nn.LayerNorm(d_model), nn.Linear(d_model, d_hidden), nn.GELU(), nn.Linear(d_hidden, 1)
         )
         nn.init.constant_(self.net[-1].bias, -4.0)
-        self.latent_bias = (
-            nn.Parameter(torch.zeros(1)) if latent_bias else None
-        )  # 1-d: DeepSpeed broadcasts bytes
+        # 1-d, not a scalar: DeepSpeed broadcasts parameters as bytes, which a 0-d tensor cannot be viewed as
+        self.latent_bias = nn.Parameter(torch.zeros(1)) if latent_bias else None
 
     def forward(self, x: Tensor, latent: Tensor | None = None) -> Tensor:
         # functional calls: the router runs at every layer of every decoded position, and at batch 1 the
@@ -87,7 +86,9 @@ class Adapter(nn.Module):
 
 class Shortcuts(nn.Module):
     """Routers and adapters at ``layers`` of an ``n_layer`` model, stored as
-    ``LatentReasoner.heads["shortcuts"]`` (it round-trips through checkpoints with ``to_config``)."""
+    ``LatentReasoner.heads["shortcuts"]`` (it round-trips through checkpoints with ``to_config``). The
+    defaults of ``step_positions`` and ``router_latent`` are those of checkpoints saved before they existed;
+    stage 2's (``ShortcutConfig``) are ``"all"`` and True."""
 
     kind = SHORTCUT_NAME
 
@@ -265,16 +266,8 @@ def shortcut_step(
             p = ad.run_layer(li, (E + c[:, None] * p)[:, None], ctx)[:, 0]
             states.append(S + c[:, None] * p)
         top = states[-1]  # S + c p_L
-        out = StepOut(
-            logits=None,
-            hidden=None,
-            states=states,
-            top=top,
-            w=ws,
-            exits=ss,
-            paths=ps,
-            expected_layers=expected,
-        )
+        out = StepOut(logits=None, hidden=None, states=states, top=top, w=ws, exits=ss, paths=ps,
+                      expected_layers=expected)  # fmt: skip
     else:
         done = torch.zeros(B, dtype=torch.bool, device=x.device)
         any_done = False  # in Python: at batch 1 per-layer mask arithmetic costs about what a router does
