@@ -133,18 +133,15 @@ def shortcut_losses(model: Any, traj: Any, cfg: Any, dags: list[Any]) -> dict[st
         a = active[:, t]
         inp = torch.stack([s[t] if t < s.shape[0] else emb.weight[pad] for s in seqs])[:, None]
         mask = torch.cat([mask, a[:, None].long()], dim=1)
-        prev_in = prev
         so = shortcut_step(model, inp, mask, cache, prev=prev, latent=latent_in[:, t])
-        prev = so.states
         th, tlp, af = t_hidden[:, t], t_logp[:, t], a.float()
         std = th.std(-1).clamp(min=1e-6)
         for li in so.exits:
             # match trains the adapters alone: p_l depends on the routers only through the exited mass the
             # soft recurrence mixes into the path's block inputs (for deeper blocks' keys and values), so
             # its gradient would tell a router not to exit because deeper exits, which a hard exit never
-            # reaches, get worse inputs (docs/decisions.md, "Stage 2's match term")
-            pv = None if prev_in is None or prev_in[li] is None else prev_in[li].detach()
-            e = ad.final_norm(sc.exit_state(li, so.paths[li].detach(), pv, latent_in[:, t]))
+            # reaches, get worse inputs (docs/decisions.md, session 19)
+            e = ad.final_norm(sc.exit_state(li, so.paths[li].detach(), prev[li].detach(), latent_in[:, t]))
             sums["match"] = (
                 sums["match"] + ((F.smooth_l1_loss(e, th, reduction="none").mean(-1) / std) * af).sum()
             )
@@ -164,6 +161,7 @@ def shortcut_losses(model: Any, traj: Any, cfg: Any, dags: list[Any]) -> dict[st
             sums["nll"] = sums["nll"] + F.cross_entropy(lp[has], target[has, t], reduction="sum")
         sums["compute"] = sums["compute"] + (so.expected_layers / L * weight[:, t] * af).sum()
         stats["layers"] += float((so.expected_layers.detach() * af).sum()) / float(count)
+        prev = so.states  # the next position's step term reads this one's states
     terms = {k: v / (n_nll if k == "nll" else count) for k, v in sums.items()}
     for k in ("match", "router"):
         terms[k] = terms[k] / len(sc.layers)
