@@ -119,23 +119,18 @@ class Shortcuts(nn.Module):
                 "router_hidden": self.router_hidden, "step": self.step,
                 "step_positions": self.step_positions, "router_latent": self.router_latent}  # fmt: skip
 
-    def step_rows(self, latent: Tensor | None) -> Tensor | None:
-        """Where the step term applies: the ``latent`` mask (any shape), every position (``"all"``; a
-        ones-like mask) or nowhere (None: no step shortcut, or no latent row)."""
-        if not self.step or latent is None:
-            return None
-        if self.step_positions == "all":
-            return torch.ones_like(latent, dtype=torch.bool)
-        return latent if bool(latent.any()) else None
-
     def exit_state(self, li: int, x: Tensor, prev: Tensor | None, latent: Tensor | None) -> Tensor:
-        """``s_l``: the adapter's estimate of the top state, plus the step term of ``prev`` on the rows
-        :meth:`step_rows` picks."""
+        """``s_l``: the adapter's estimate of the top state, plus the step term of ``prev`` on every row
+        (``step_positions="all"``) or on the ``latent`` rows (any shape); none without ``prev`` or
+        ``latent``."""
         s = self.adapters[str(li)](x)
-        rows = None if prev is None else self.step_rows(latent)
-        if rows is not None:
-            s = s + rows[..., None].to(s.dtype) * self.step_adapters[str(li)](prev)
-        return s
+        if not self.step or prev is None or latent is None:
+            return s
+        if self.step_positions == "all":  # no mask to build and multiply by: this runs at every decoded exit
+            return s + self.step_adapters[str(li)](prev)
+        if not bool(latent.any()):
+            return s
+        return s + latent[..., None].to(s.dtype) * self.step_adapters[str(li)](prev)
 
     def flops(self) -> dict[str, float]:
         """Forward FLOPs (2 per weight) of one router and one exit state (adapter + step adapter); the shapes
