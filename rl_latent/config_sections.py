@@ -228,6 +228,9 @@ class ShortcutConfig:
     router_latent: bool = _f(
         True, "routers add a learned bias on thought inputs (a first-layer router reads only the input)"
     )
+    router_prev: bool = _f(
+        True, "routers also read the previous position's final state (it says the next one only decides stop)"
+    )
     lam: float = _f(0.5, "inference exit threshold lambda: a position exits where w > lam (>= 1: never)")
     match: float = _f(1.0, "weight: every exit state matches the frozen full path's final state")
     final: float = _f(1.0, "weight: the blended output matches the full path (hidden state + logit KL)")

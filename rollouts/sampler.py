@@ -233,8 +233,9 @@ def rollout(
                 generators, generator,
             )  # fmt: skip
         so = shortcut_step(
-            model, nxt[:, None], mask, cache, prev=prev, latent=latent_in, lam=lam, exits=static, uniforms=u
-        )
+            model, nxt[:, None], mask, cache, prev=prev, latent=latent_in, context=h, lam=lam, exits=static,
+            uniforms=u,
+        )  # fmt: skip
         prev = so.states
         logits, h = so.logits.float(), so.hidden
         layers, logps = so.exit_layer.tolist(), so.exit_logp.tolist()  # exit layer l: blocks 0..l-1 ran

@@ -124,6 +124,7 @@ def shortcut_losses(model: Any, traj: Any, cfg: Any, dags: list[Any]) -> dict[st
         pre = model(input_ids=ids, attention_mask=mask, use_cache=True, output_hidden_states=True)
     cache = pre.past_key_values
     prev = [h[:, -1] for h in pre.hidden_states[:-1]] + [None]
+    prev_hidden = pre.hidden_states[-1][:, -1]  # the routers' context: the previous position's final state
     weight = torch.where(crit, sc_cfg.critical, 1.0)
     sums = {k: torch.zeros((), device=device) for k in ("match", "final", "nll", "router", "compute")}
     stats = {"w_mean": 0.0, "layers": 0.0}
@@ -133,7 +134,7 @@ def shortcut_losses(model: Any, traj: Any, cfg: Any, dags: list[Any]) -> dict[st
         a = active[:, t]
         inp = torch.stack([s[t] if t < s.shape[0] else emb.weight[pad] for s in seqs])[:, None]
         mask = torch.cat([mask, a[:, None].long()], dim=1)
-        so = shortcut_step(model, inp, mask, cache, prev=prev, latent=latent_in[:, t])
+        so = shortcut_step(model, inp, mask, cache, prev=prev, latent=latent_in[:, t], context=prev_hidden)
         th, tlp, af = t_hidden[:, t], t_logp[:, t], a.float()
         std = th.std(-1).clamp(min=1e-6)
         for li in so.exits:
@@ -162,6 +163,7 @@ def shortcut_losses(model: Any, traj: Any, cfg: Any, dags: list[Any]) -> dict[st
         sums["compute"] = sums["compute"] + (so.expected_layers / L * weight[:, t] * af).sum()
         stats["layers"] += float((so.expected_layers.detach() * af).sum()) / float(count)
         prev = so.states  # the next position's step term reads this one's states
+        prev_hidden = so.hidden.detach()  # ... and its routers this one's output (a feature, not a path)
     terms = {k: v / (n_nll if k == "nll" else count) for k, v in sums.items()}
     for k in ("match", "router"):
         terms[k] = terms[k] / len(sc.layers)
@@ -187,7 +189,7 @@ class ShortcutRecipe(Recipe):
             model.heads[SHORTCUT_NAME] = Shortcuts(
                 model.hidden_size, model.num_layers, layers, rank=sc_cfg.rank,
                 router_hidden=sc_cfg.router_hidden, step=sc_cfg.step, step_positions=sc_cfg.step_positions,
-                router_latent=sc_cfg.router_latent,
+                router_latent=sc_cfg.router_latent, router_prev=sc_cfg.router_prev,
             ).to(model.device)  # fmt: skip
         n_train = train_only_head(model, SHORTCUT_NAME)
         model.latent_extra["shortcut"] = {"lam": sc_cfg.lam}

@@ -42,11 +42,16 @@ SHORTCUT_NAME = "shortcuts"
 
 
 class Router(nn.Module):
-    """``w = sigmoid(W2 GELU(W1 LN(x)) + b + b_lat 1[latent])``; the bias starts at -4 so a new router
+    """``w = sigmoid(W2 GELU(W1 LN(x)) + b + b_lat 1[latent] + v . c)``; the bias starts at -4 so a new router
     almost never exits. ``b_lat`` (``latent_bias=True``) separates thought inputs from tokens: at the first
-    layer a router reads only the input, and a soft thought over numbers looks like a number token."""
+    layer a router reads only the input, and a soft thought over numbers looks like a number token. ``v``
+    (``read_prev=True``, starts at 0) reads ``c``, the previous position's final state layer-normed
+    (:meth:`Shortcuts.context`): the last thought's top state says the next position only decides "stop",
+    which no router can see in that position's own input (a linear probe: 1.0 vs 0.66, docs/decisions.md)."""
 
-    def __init__(self, d_model: int, d_hidden: int, latent_bias: bool = False) -> None:
+    def __init__(
+        self, d_model: int, d_hidden: int, latent_bias: bool = False, read_prev: bool = False
+    ) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.LayerNorm(d_model), nn.Linear(d_model, d_hidden), nn.GELU(), nn.Linear(d_hidden, 1)
@@ -54,8 +59,11 @@ class Router(nn.Module):
         nn.init.constant_(self.net[-1].bias, -4.0)
         # 1-d, not a scalar: DeepSpeed broadcasts parameters as bytes, which a 0-d tensor cannot be viewed as
         self.latent_bias = nn.Parameter(torch.zeros(1)) if latent_bias else None
+        self.prev = nn.Linear(d_model, 1, bias=False) if read_prev else None
+        if self.prev is not None:
+            nn.init.zeros_(self.prev.weight)
 
-    def forward(self, x: Tensor, latent: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, latent: Tensor | None = None, context: Tensor | None = None) -> Tensor:
         # functional calls: the router runs at every layer of every decoded position, and at batch 1 the
         # per-module call overhead is most of its cost
         ln, fc1, _, fc2 = self.net
@@ -63,6 +71,8 @@ class Router(nn.Module):
         z = F.linear(F.gelu(F.linear(h, fc1.weight, fc1.bias)), fc2.weight, fc2.bias).squeeze(-1)
         if self.latent_bias is not None and latent is not None:
             z = z + latent.to(z.dtype) * self.latent_bias
+        if self.prev is not None and context is not None:
+            z = z + F.linear(context, self.prev.weight).squeeze(-1)
         return z
 
 
@@ -87,14 +97,15 @@ class Adapter(nn.Module):
 class Shortcuts(nn.Module):
     """Routers and adapters at ``layers`` of an ``n_layer`` model, stored as
     ``LatentReasoner.heads["shortcuts"]`` (it round-trips through checkpoints with ``to_config``). The
-    defaults of ``step_positions`` and ``router_latent`` are those of checkpoints saved before they existed;
-    stage 2's (``ShortcutConfig``) are ``"all"`` and True."""
+    defaults of ``step_positions``, ``router_latent`` and ``router_prev`` are those of checkpoints saved
+    before they existed; stage 2's (``ShortcutConfig``) are ``"all"``, True and True."""
 
     kind = SHORTCUT_NAME
 
     def __init__(
         self, d_model: int, n_layer: int, layers: list[int], rank: int = 32, router_hidden: int = 32,
         step: bool = True, step_positions: str = "latent", router_latent: bool = False,
+        router_prev: bool = False,
     ) -> None:  # fmt: skip
         super().__init__()
         if step_positions not in ("latent", "all"):
@@ -104,9 +115,9 @@ class Shortcuts(nn.Module):
             raise ValueError(f"shortcut layers {layers} must be a non-empty subset of 0..{n_layer - 1}")
         self.d_model, self.n_layer, self.rank, self.router_hidden = d_model, n_layer, rank, router_hidden
         self.layers, self.step, self.step_positions = sorted(set(layers)), step, step_positions
-        self.router_latent = router_latent
+        self.router_latent, self.router_prev = router_latent, router_prev
         self.routers = nn.ModuleDict(
-            {str(li): Router(d_model, router_hidden, router_latent) for li in self.layers}
+            {str(li): Router(d_model, router_hidden, router_latent, router_prev) for li in self.layers}
         )
         self.adapters = nn.ModuleDict({str(li): Adapter(d_model, rank) for li in self.layers})
         self.step_adapters = nn.ModuleDict(
@@ -117,7 +128,16 @@ class Shortcuts(nn.Module):
     def to_config(self) -> dict[str, Any]:
         return {"d_model": self.d_model, "n_layer": self.n_layer, "layers": self.layers, "rank": self.rank,
                 "router_hidden": self.router_hidden, "step": self.step,
-                "step_positions": self.step_positions, "router_latent": self.router_latent}  # fmt: skip
+                "step_positions": self.step_positions, "router_latent": self.router_latent,
+                "router_prev": self.router_prev}  # fmt: skip
+
+    def context(self, hidden: Tensor | None) -> Tensor | None:
+        """What routers read of the previous position: its final normed state (``StepOut.hidden``; the
+        prompt's for the first generated position), layer-normed without weights; None when routers do not
+        read it."""
+        if not self.router_prev or hidden is None:
+            return None
+        return F.layer_norm(hidden, hidden.shape[-1:])
 
     def exit_state(self, li: int, x: Tensor, prev: Tensor | None, latent: Tensor | None) -> Tensor:
         """``s_l``: the adapter's estimate of the top state, plus the step term of ``prev`` on every row
@@ -221,6 +241,7 @@ def shortcut_step(
     *,
     prev: list[Tensor] | None = None,
     latent: Tensor | None = None,
+    context: Tensor | None = None,
     lam: float | None = None,
     exits: Tensor | None = None,
     uniforms: Tensor | None = None,
@@ -232,10 +253,11 @@ def shortcut_step(
     n_layer for none) imposes the exit layers instead. ``uniforms`` [B, routers] samples them as RL actions:
     router k exits when ``u_k < w_k`` (a Bernoulli(w) draw), and ``exit_logp`` sums each row's
     ``log w`` / ``log(1 - w)`` over the routers it reached (fp32, from log-sigmoids). ``prev`` holds the
-    previous position's states x_0..x_L and ``latent`` [B] marks rows whose input is a latent thought (the
-    step shortcut applies to them).
+    previous position's states x_0..x_L, ``context`` [B, d] its final normed state (``StepOut.hidden``;
+    routers with ``router_prev`` read it) and ``latent`` [B] marks rows whose input is a latent thought.
     """
     sc = model.heads[SHORTCUT_NAME]
+    prev_ctx = sc.context(context)
     ad = model.adapter
     L = model.num_layers
     pos = model.position_ids_from_mask(attention_mask)[:, -1:]
@@ -251,7 +273,7 @@ def shortcut_step(
         ws, ss, ps, expected = {}, {}, {}, torch.zeros(B, dtype=torch.float32, device=x.device)
         for li in range(L):
             if li in sc.layers:
-                w = torch.sigmoid(sc.routers[str(li)](p, latent).float()).to(x.dtype)
+                w = torch.sigmoid(sc.routers[str(li)](p, latent, prev_ctx).float()).to(x.dtype)
                 s = sc.exit_state(li, p, None if prev is None else prev[li], latent)
                 ws[li], ss[li], ps[li] = w, s, p
                 S = S + (c * w)[:, None] * s
@@ -275,7 +297,7 @@ def shortcut_step(
                 if exits is not None:
                     go = exits == li
                 else:
-                    z = sc.routers[str(li)](x, latent).float()
+                    z = sc.routers[str(li)](x, latent, prev_ctx).float()
                     if uniforms is None:
                         go = torch.sigmoid(z) > lam
                     else:
@@ -325,19 +347,20 @@ def shortcut_forward(
     every position's state entering it, an exited position's state at its exit layer (as in decode), and
     keeps its output only where the position still computes; the step shortcut reads position t-1's state
     at the same layer. Returns logits [B, T, V], the final normed state [B, T, d] and the log-prob of the exit
-    decisions [B, T] (summed Bernoulli log w / log(1 - w) over the routers each position reached, fp32)."""
+    decisions [B, T] (summed Bernoulli log w / log(1 - w) over the routers each position reached, fp32).
+    The exits are given, so routers are evaluated after the sweep: with ``router_prev`` they read position
+    t-1's final state, which the sweep computes last."""
     sc, ad, L = model.heads[SHORTCUT_NAME], model.adapter, model.num_layers
     pos = model.position_ids_from_mask(attention_mask)
     x, ctx = ad.begin(inputs_embeds, attention_mask, pos, None, False)
     done = torch.zeros(exits.shape, dtype=torch.bool, device=x.device)
-    logp = torch.zeros(exits.shape, dtype=torch.float32, device=x.device)
     kv = x  # an exited position's state at its exit layer (what deeper blocks cache for it)
+    read: dict[int, tuple[Tensor, Tensor]] = {}  # per router layer: the state it reads, who had left before
     for li in range(L):
         go = None
         if li in sc.layers:
-            z = sc.routers[str(li)](x, latent).float()
+            read[li] = (x, done)
             go = (exits == li) & ~done
-            logp = logp + torch.where(done, 0.0, torch.where(go, F.logsigmoid(z), F.logsigmoid(-z)))
             if bool(go.any()):
                 prev = torch.cat([x[:, :1], x[:, :-1]], dim=1)  # position t-1's state entering block l
                 s = sc.exit_state(li, x, prev, latent)
@@ -350,6 +373,11 @@ def shortcut_forward(
             x = torch.where(go[..., None], s, x)
             done = done | go
     hidden = ad.final_norm(x)
+    prev_ctx = sc.context(torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1))  # position t-1's final state
+    logp = torch.zeros(exits.shape, dtype=torch.float32, device=x.device)
+    for li, (xl, gone) in read.items():
+        z = sc.routers[str(li)](xl, latent, prev_ctx).float()
+        logp = logp + torch.where(gone, 0.0, torch.where(exits == li, F.logsigmoid(z), F.logsigmoid(-z)))
     return ad.lm_head(hidden), hidden, logp
 
 

@@ -65,7 +65,8 @@ def test_system15_entry_point_freezes_the_backbone_and_logs_compute(tiny_latent_
         "train.log_every": 1,
         "train.time_budget_s": 0,
         "shortcut.step_positions": "all",  # the non-default parts: <eot> reads the last thought's state ...
-        "shortcut.router_latent": "true",  # ... and the routers' thought bias (a DeepSpeed-trained parameter)
+        "shortcut.router_latent": "true",  # ... the routers' thought bias (a DeepSpeed-trained parameter) ...
+        "shortcut.router_prev": "true",  # ... and their read of the previous position's final state
         "data.n_train": 64,
         "data.n_valid": 8,
         "data.n_test": 8,

@@ -19,11 +19,12 @@ def with_shortcuts(
     router_bias: float | None = None,
     step_positions: str = "latent",
     router_latent: bool = False,
+    router_prev: bool = False,
 ) -> LatentReasoner:
     model = make_latent_model(arch=arch)
     sc = Shortcuts(
         model.hidden_size, model.num_layers, list(layers), rank=8, router_hidden=8,
-        step_positions=step_positions, router_latent=router_latent,
+        step_positions=step_positions, router_latent=router_latent, router_prev=router_prev,
     )  # fmt: skip
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -162,15 +163,18 @@ def test_a_static_depth_exits_every_position_at_that_layer_whatever_the_routers_
         rollout(never, QUESTIONS, max_answer_tokens=6, exit_at=2)
 
 
-@pytest.mark.parametrize("step_positions,router_latent", [("latent", False), ("all", True)])
-def test_checkpoint_round_trip_keeps_shortcuts_and_lambda(tmp_path, step_positions, router_latent):
-    model = with_shortcuts("llama", step_positions=step_positions, router_latent=router_latent)
+@pytest.mark.parametrize("step_positions,new_routers", [("latent", False), ("all", True)])
+def test_checkpoint_round_trip_keeps_shortcuts_and_lambda(tmp_path, step_positions, new_routers):
+    model = with_shortcuts(
+        "llama", step_positions=step_positions, router_latent=new_routers, router_prev=new_routers
+    )
     model.latent_extra["shortcut"] = {"lam": 0.3}
     model.save_pretrained(tmp_path / "m")
     back = LatentReasoner.from_pretrained(tmp_path / "m")
     assert back.latent_extra["shortcut"]["lam"] == 0.3
     assert back.heads[SHORTCUT_NAME].step_positions == step_positions
-    assert (back.heads[SHORTCUT_NAME].routers["0"].latent_bias is not None) == router_latent
+    router = back.heads[SHORTCUT_NAME].routers["0"]  # new routers: a thought bias, the previous state read
+    assert (router.latent_bias is not None) == new_routers and (router.prev is not None) == new_routers
     a, b = rollout(model, QUESTIONS, max_answer_tokens=6), rollout(back, QUESTIONS, max_answer_tokens=6)
     assert a.answers == b.answers and [c.layer_evals for c in a.compute] == [c.layer_evals for c in b.compute]
     assert any(
@@ -179,16 +183,19 @@ def test_checkpoint_round_trip_keeps_shortcuts_and_lambda(tmp_path, step_positio
 
 
 @pytest.mark.parametrize(
-    "arch,step_positions,router_latent",
+    "arch,step_positions,new_routers",
     [("llama", "latent", False), ("gpt2", "latent", False), ("llama", "all", True)],
 )
 @torch.no_grad()
-def test_sampled_exits_replay_within_1e4_and_are_part_of_the_trajectory(arch, step_positions, router_latent):
+def test_sampled_exits_replay_within_1e4_and_are_part_of_the_trajectory(arch, step_positions, new_routers):
     from rollouts.replay import logprob_gap, replay
     from rollouts.sampler import make_policy
 
     # w ~ 1/2: exits at every layer get sampled
-    model = with_shortcuts(arch, router_bias=0.0, step_positions=step_positions, router_latent=router_latent)
+    model = with_shortcuts(
+        arch, router_bias=0.0, step_positions=step_positions, router_latent=new_routers,
+        router_prev=new_routers,
+    )  # fmt: skip
     policy = make_policy("soft", "gumbel", tau=0.5)
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(len(QUESTIONS))]  # noqa: E731
     kw = dict(policy=policy, max_answer_tokens=6, answer_temperature=1.0, learn_exits=True)
@@ -233,3 +240,17 @@ def test_the_latent_bias_moves_only_thought_rows():
     torch.testing.assert_close(r(x, latent) - r(x), torch.tensor([2.5, 0.0, 2.5]))
     plain = Router(16, 4)
     assert plain.latent_bias is None and torch.equal(plain(x, latent), plain(x))  # no bias: latent ignored
+
+
+def test_a_router_reading_the_previous_position_moves_with_its_context_only():
+    r = Router(16, 4, read_prev=True)
+    x, ctx = torch.randn(3, 16), torch.randn(3, 16)
+    assert torch.equal(r(x, None, ctx), r(x))  # v starts at 0: a new router ignores the context
+    with torch.no_grad():
+        r.prev.weight.fill_(0.5)
+    torch.testing.assert_close(r(x, None, ctx) - r(x), 0.5 * ctx.sum(-1))
+    sc = Shortcuts(16, 2, [0, 1], router_prev=True)
+    h = torch.randn(3, 16) * 7 + 2
+    c = sc.context(h)  # layer-normed without weights: the scale of the final state does not matter
+    torch.testing.assert_close(c, sc.context(3 * h + 1), atol=1e-5, rtol=0)
+    assert Shortcuts(16, 2, [0, 1]).context(h) is None and sc.context(None) is None
