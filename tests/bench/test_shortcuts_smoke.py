@@ -59,6 +59,21 @@ def test_shortcuts_bench_prints_one_json_object_and_a_plot(tmp_path):
         assert res["system15_rl@1"][key] == res["system15@1"][key], key
     assert set(res["targets"]["rl"]["vs_system15"]) == {"system15@0.2"}  # lambda 1 is no shortcut
     assert (tmp_path / "bench" / "accuracy_vs_compute.png").stat().st_size > 1000
+    # bench/latency.py times the same three models in alternation, on the same task
+    cmd = [
+        sys.executable, str(REPO / "bench/latency.py"), "--run", str(tmp_path / "bench"), "--lam", "0.2",
+        "--problems", "2", "--repeats", "3", "data.seed=3", "data.difficulty=1", "data.n_test=8",
+        "eval.max_new_tokens=24",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lat = json.loads(out.stdout)
+    med = {k: v["median"] for k, v in lat["latency_b1_ms"].items()}
+    assert set(med) == {"cot_sft", "codi", "system15"} and lat["lam"] == 0.2
+    assert all(len(v["runs"]) == 3 and min(v["runs"]) <= v["median"] <= max(v["runs"])
+               for v in lat["latency_b1_ms"].values())  # fmt: skip
+    for k in ("cot_sft", "codi"):
+        assert lat["over_system15"][k] == pytest.approx(med[k] / med["system15"], abs=0.01)
 
 
 def test_rl_target_ignores_a_dominated_lambda():

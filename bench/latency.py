@@ -1,0 +1,78 @@
+"""Batch-1 latency of a shortcuts bench's models, timed in alternation.
+
+    python bench/latency.py --run runs/s20-p --lam 0.7          # cot_sft, codi_soft, system15 at lambda 0.7
+    python bench/latency.py --run runs/s20-p --lam 0.7 --repeats 9
+
+``bench/shortcuts.py`` times each model three times in a row, minutes apart from the next model; on a shared
+CPU a whole block of timings can run 1.5x slow, and the ratio between two models then moves with it (6.2x to
+11.4x across three runs of the same models). Here each round times every model once on the same problems
+(greedy, one problem at a time, as ``latency_b1_ms``), so a slow spell hits all of them: the ratio of
+medians is the number to quote. Prints one JSON object: per model its timings (ms per problem) and median,
+and each model's median over System-1.5's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rl_latent.config import load_config, stage_config  # noqa: E402
+
+# the task bench/shortcuts.py trains on (its DEFAULTS)
+DEFAULTS = ["data.nl_cot=true", "model.n_layer=6"]
+MODELS = {"cot_sft": "cot_sft", "codi": "codi_soft", "system15": "system15"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--run", required=True, help="a bench/shortcuts.py --out directory")
+    ap.add_argument("--lam", type=float, default=0.7, help="System-1.5 exit threshold")
+    ap.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"))
+    ap.add_argument("--problems", type=int, default=30, help="test problems per timing")
+    ap.add_argument("--repeats", type=int, default=5, help="rounds (each times every model once)")
+    ap.add_argument("overrides", nargs="*", help="dotted config overrides (after " + " ".join(DEFAULTS) + ")")
+    args = ap.parse_args()
+
+    from rl_latent.data.build import load_splits
+    from rl_latent.evaluate import evaluate
+    from rl_latent.model import LatentReasoner
+
+    cfg = stage_config(load_config(args.config, [*DEFAULTS, *args.overrides]), "cot_sft")
+    cfg.data.n_train = 0 if cfg.data.task == "arith" else cfg.data.n_train  # as bench/latent.py's measure
+    test = load_splits(cfg.data)["test"]
+    models = {}
+    for name, stage in MODELS.items():
+        path = Path(args.run) / stage / "model"
+        if not (path / "config.json").is_file():
+            sys.exit(f"{path}: no model (train it with bench/shortcuts.py --out {args.run})")
+        models[name] = LatentReasoner.from_pretrained(str(path))
+    models["system15"].latent_extra["shortcut"]["lam"] = args.lam
+    kw = dict(max_new_tokens=cfg.eval.max_new_tokens, progress=False, latent=cfg.latent, batch_size=1)
+    for m in models.values():  # warm-up: first calls pay setup
+        evaluate(m, test, max_problems=3, **kw)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(args.repeats):
+        for name, m in models.items():
+            t0 = time.perf_counter()
+            evaluate(m, test, max_problems=args.problems, **kw)
+            times[name].append(round(1000 * (time.perf_counter() - t0) / args.problems, 2))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = {
+        "run": args.run, "lam": args.lam, "problems": args.problems,
+        "latency_b1_ms": {k: {"median": round(med[k], 2), "runs": v} for k, v in times.items()},
+        "over_system15": {k: round(med[k] / med["system15"], 2) for k in models if k != "system15"},
+    }  # fmt: skip
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
