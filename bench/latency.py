@@ -14,6 +14,7 @@ and each model's median over System-1.5's.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -27,9 +28,11 @@ sys.path.insert(0, str(REPO))
 
 from rl_latent.config import load_config, stage_config  # noqa: E402
 
-# the task bench/shortcuts.py trains on (its DEFAULTS)
-DEFAULTS = ["data.nl_cot=true", "model.n_layer=6"]
-MODELS = {"cot_sft": "cot_sft", "codi": "codi_soft", "system15": "system15"}
+_spec = importlib.util.spec_from_file_location("bench_shortcuts", REPO / "bench" / "shortcuts.py")
+bench_shortcuts = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_shortcuts)
+DEFAULTS = bench_shortcuts.DEFAULTS  # the task that bench trains on
+MODELS = {method: stage for method, (stage, _) in bench_shortcuts.METHODS.items()}  # method -> its run dir
 
 
 def main() -> None:
