@@ -16,18 +16,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from rl_latent.config import load_config, stage_config  # noqa: E402
-
+# bench/shortcuts.py, loaded as a module, sets the hub offline, puts the repo on sys.path and names the task
 _spec = importlib.util.spec_from_file_location("bench_shortcuts", REPO / "bench" / "shortcuts.py")
 bench_shortcuts = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_shortcuts)
@@ -45,6 +40,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="dotted config overrides (after " + " ".join(DEFAULTS) + ")")
     args = ap.parse_args()
 
+    from rl_latent.config import load_config, stage_config
     from rl_latent.data.build import load_splits
     from rl_latent.evaluate import evaluate
     from rl_latent.model import LatentReasoner
