@@ -105,7 +105,7 @@ def _top_p_mask(logits: Tensor, top_p: float) -> Tensor:
     return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all: at batch 1 it is ~5% of a decode (see _pack)
 def rollout(
     model: Any,
     questions: list[str],
@@ -170,6 +170,7 @@ def rollout(
     lam = lam if depth is None else None  # a static depth overrides the routers
     shortcuts = sample_exits or lam is not None or static is not None
     prev = states[:-1] + [None] if shortcuts else None
+    deferred: list = []  # exited positions' key/value copies, made when a later position runs a block (batch 1)
     layers_run: list[list[int]] = [[model.num_layers] for _ in range(B)]  # the prompt's last position: full
     exit_record: list[list[tuple[int, float]]] = [[] for _ in range(B)]  # per fed position: (layer, log-prob)
 
@@ -234,7 +235,7 @@ def rollout(
             )  # fmt: skip
         so = shortcut_step(
             model, nxt[:, None], mask, cache, prev=prev, latent=latent_in, context=h, lam=lam, exits=static,
-            uniforms=u,
+            uniforms=u, deferred=deferred,
         )  # fmt: skip
         prev = so.states
         logits, h = so.logits.float(), so.hidden
@@ -243,11 +244,12 @@ def rollout(
             layers_run[b].append(layers[b])
             exit_record[b].append((layers[b], logps[b]))
     wall = time.perf_counter() - t0
-    return _pack(
-        model, head, policy, prompt_ids, questions, targets, decisions, answers, probe, n_dec, n_lat, n_ans,
-        answer_temperature, wall, weights_version, metadata, layers_run if shortcuts else None,
-        exit_record if sample_exits else None, routed=static is None,
-    )  # fmt: skip
+    with torch.inference_mode(False):  # the trajectory's tensors are ordinary ones: the trainer replays them
+        return _pack(
+            model, head, policy, prompt_ids, questions, targets, decisions, answers, probe, n_dec, n_lat, n_ans,
+            answer_temperature, wall, weights_version, metadata, layers_run if shortcuts else None,
+            exit_record if sample_exits else None, routed=static is None,
+        )  # fmt: skip
 
 
 def prefill(model: Any, ids: Tensor, mask: Tensor) -> tuple[Any, Tensor, list[Tensor]]:
@@ -439,7 +441,7 @@ def _pack(
         action_mask=action_mask,
         stop_logp=stop_logp,
         stop_mask=stop_mask,
-        latent_steps=n_lat.cpu(),
+        latent_steps=n_lat.cpu().clone(),  # a copy made here is an ordinary tensor, not an inference one
         answer_ids=answer_ids,
         answer_logp=answer_logp,
         answer_mask=answer_mask,

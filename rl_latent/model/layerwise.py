@@ -183,7 +183,11 @@ class DecoderAdapter:
         position_ids: torch.Tensor,
         past_key_values: Cache | None,
     ) -> list[Any]:
-        """One mask per layer, built by transformers' own mask functions (full or sliding, per layer type)."""
+        """One mask per layer, built by transformers' own mask functions (full or sliding, per layer type).
+
+        One new position with nothing padded in full attention may attend to everything: no mask (None, which
+        transformers' SDPA masks return there too and what an eager one of zeros adds up to), without building
+        one: at batch 1 the mask functions cost about what a block does."""
         config = self.lm.config
         layer_types = getattr(config, "layer_types", None)
         if layer_types is None:
@@ -193,6 +197,13 @@ class DecoderAdapter:
                 else "full_attention"
             )
             layer_types = [kind] * config.num_hidden_layers
+        if (
+            inputs_embeds.shape[1] == 1
+            and "flex" not in str(getattr(config, "_attn_implementation", ""))
+            and all(kind == "full_attention" for kind in layer_types)
+            and (attention_mask is None or bool(attention_mask.all()))
+        ):
+            return [None] * len(layer_types)
         kwargs = dict(
             config=config,
             inputs_embeds=inputs_embeds,

@@ -42,9 +42,10 @@ SHORTCUT_NAME = "shortcuts"
 
 
 class Router(nn.Module):
-    """``w = sigmoid(W2 GELU(W1 LN(x)) + b + b_lat 1[latent] + v . c)``; the bias starts at -4 so a new router
-    almost never exits. ``b_lat`` (``latent_bias=True``) separates thought inputs from tokens: at the first
-    layer a router reads only the input, and a soft thought over numbers looks like a number token. ``v``
+    """``w = sigmoid(W2 GELU(W1 LN(x)) + b + o)``; the bias starts at -4 so a new router almost never exits.
+    ``o`` is the position's offset (:meth:`Shortcuts.offsets`, every router's in one matmul):
+    ``b_lat 1[latent] + v . c``. ``b_lat`` (``latent_bias=True``) separates thought inputs from tokens: at the
+    first layer a router reads only the input, and a soft thought over numbers looks like a number token. ``v``
     (``read_prev=True``, starts at 0) reads ``c``, the previous position's final state layer-normed
     (:meth:`Shortcuts.context`): the last thought's top state says the next position only decides "stop",
     which no router can see in that position's own input (a linear probe: 1.0 vs 0.66, docs/decisions.md)."""
@@ -63,17 +64,14 @@ class Router(nn.Module):
         if self.prev is not None:
             nn.init.zeros_(self.prev.weight)
 
-    def forward(self, x: Tensor, latent: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, offset: Tensor | None = None) -> Tensor:
+        """The logit ``z`` (``w = sigmoid(z)``) of states ``x`` [..., d], plus ``offset`` [...] if given."""
         # functional calls: the router runs at every layer of every decoded position, and at batch 1 the
         # per-module call overhead is most of its cost
         ln, fc1, _, fc2 = self.net
         h = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
         z = F.linear(F.gelu(F.linear(h, fc1.weight, fc1.bias)), fc2.weight, fc2.bias).squeeze(-1)
-        if self.latent_bias is not None and latent is not None:
-            z = z + latent.to(z.dtype) * self.latent_bias
-        if self.prev is not None and context is not None:
-            z = z + F.linear(context, self.prev.weight).squeeze(-1)
-        return z
+        return z if offset is None else z + offset
 
 
 class Adapter(nn.Module):
@@ -138,6 +136,22 @@ class Shortcuts(nn.Module):
         if not self.router_prev or hidden is None:
             return None
         return F.layer_norm(hidden, hidden.shape[-1:])
+
+    def offsets(self, latent: Tensor | None, hidden: Tensor | None) -> Tensor | None:
+        """Every router's offset ``o_k = b_lat,k 1[latent] + v_k . context(hidden)`` [..., R] (router k sits at
+        ``layers[k]``), in one matmul for all routers; None when the routers have neither term or neither
+        input is given. ``latent`` [...] marks thought inputs, ``hidden`` [..., d] is the previous position's
+        final normed state."""
+        routers = list(self.routers.values())
+        off = None
+        if self.router_latent and latent is not None:
+            bias = torch.cat([r.latent_bias for r in routers])
+            off = latent[..., None].to(bias.dtype) * bias
+        c = self.context(hidden)
+        if c is not None:
+            read = F.linear(c, torch.cat([r.prev.weight for r in routers]))
+            off = read if off is None else off + read
+        return off
 
     def exit_state(self, li: int, x: Tensor, prev: Tensor | None, latent: Tensor | None) -> Tensor:
         """``s_l``: the adapter's estimate of the top state, plus the step term of ``prev`` on every row
@@ -245,6 +259,7 @@ def shortcut_step(
     lam: float | None = None,
     exits: Tensor | None = None,
     uniforms: Tensor | None = None,
+    deferred: list | None = None,
 ) -> StepOut:
     """Run one new position (``inputs_embeds`` [B, 1, d]) through the stack with shortcuts, on ``cache``.
 
@@ -255,9 +270,15 @@ def shortcut_step(
     ``log w`` / ``log(1 - w)`` over the routers it reached (fp32, from log-sigmoids). ``prev`` holds the
     previous position's states x_0..x_L, ``context`` [B, d] its final normed state (``StepOut.hidden``;
     routers with ``router_prev`` read it) and ``latent`` [B] marks rows whose input is a latent thought.
+
+    ``deferred`` (a list the caller keeps across the positions of one decode, batch 1 only) postpones an
+    exited position's key/value copies (``DecoderAdapter.cache_kv``) until a later position runs a block:
+    positions that only read the cache through blocks, so copies no block reads (those of the positions after
+    the last one that runs a block) are never made. The cache is complete whenever a block runs, not after
+    the last position; pass None (the default) when the cache is read afterwards.
     """
     sc = model.heads[SHORTCUT_NAME]
-    prev_ctx = sc.context(context)
+    off = sc.offsets(latent, context)
     ad = model.adapter
     L = model.num_layers
     pos = model.position_ids_from_mask(attention_mask)[:, -1:]
@@ -265,78 +286,145 @@ def shortcut_step(
     x = x[:, 0]
     B = x.shape[0]
     hard = lam is not None or exits is not None or uniforms is not None
-    states = [x]
-    if not hard:
-        p = x  # the computing path's state
-        S, E = torch.zeros_like(x), torch.zeros_like(x)
-        c = torch.ones(B, dtype=x.dtype, device=x.device)
-        ws, ss, ps, expected = {}, {}, {}, torch.zeros(B, dtype=torch.float32, device=x.device)
-        for li in range(L):
-            if li in sc.layers:
-                w = torch.sigmoid(sc.routers[str(li)](p, latent, prev_ctx).float()).to(x.dtype)
-                s = sc.exit_state(li, p, None if prev is None else prev[li], latent)
-                ws[li], ss[li], ps[li] = w, s, p
-                S = S + (c * w)[:, None] * s
-                E = E + (c * w)[:, None] * p
-                c = c * (1 - w)
-            expected = expected + c.float()
-            p = ad.run_layer(li, (E + c[:, None] * p)[:, None], ctx)[:, 0]
-            states.append(S + c[:, None] * p)
-        top = states[-1]  # S + c p_L
-        out = StepOut(logits=None, hidden=None, states=states, top=top, w=ws, exits=ss, paths=ps,
-                      expected_layers=expected)  # fmt: skip
+    if deferred and not (hard and B == 1 and all(m is None for m in ctx.masks)):
+        _flush(ad, deferred)  # a batch, or masks built on the cache's length (padding, sliding windows)
+        x, ctx = ad.begin(inputs_embeds, attention_mask, pos, cache, True)
+        x = x[:, 0]
+    if hard and B == 1:
+        out = _hard_one(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms, deferred)
+    elif not hard:
+        out = _soft(sc, ad, x, ctx, prev, latent, off)
     else:
-        done = torch.zeros(B, dtype=torch.bool, device=x.device)
-        any_done = False  # in Python: at batch 1 per-layer mask arithmetic costs about what a router does
-        exit_layer = torch.full((B,), L, dtype=torch.long, device=x.device)
-        exit_logp = torch.zeros(B, dtype=torch.float32, device=x.device)
-        kv = x  # what deeper blocks cache for a row that has exited: its state at the exit layer
-        for li in range(L):
-            go, s = None, None
-            if li in sc.layers:
-                if exits is not None:
-                    go = exits == li
-                else:
-                    z = sc.routers[str(li)](x, latent, prev_ctx).float()
-                    if uniforms is None:
-                        go = torch.sigmoid(z) > lam
-                    else:
-                        go = uniforms[:, sc.layers.index(li)].to(z.device) < torch.sigmoid(z)
-                        step_lp = torch.where(go, F.logsigmoid(z), F.logsigmoid(-z))
-                        exit_logp = exit_logp + (torch.where(done, 0.0, step_lp) if any_done else step_lp)
-                go = go & ~done if any_done else go
-                if bool(go.any()):
-                    s = sc.exit_state(li, x, None if prev is None else prev[li], latent)
-                else:
-                    go = None
-            if go is None and not any_done:  # every row runs block l
-                x = ad.run_layer(li, x[:, None], ctx)[:, 0]
-                states.append(x)
-                continue
-            computing = ~done if go is None else ~done & ~go
-            # block l caches keys/values of every row: a computing or exiting row's state entering it, an
-            # exited row's state at its exit layer; its output is kept only for rows still computing
-            inp = torch.where(done[:, None], kv, x)
-            nobody = not bool(computing.any())
-            if nobody:  # every row has left: blocks l.. only cache keys/values, all in one call
-                ad.cache_kv(li, inp[:, None], ctx)
-            else:
-                x = torch.where(computing[:, None], ad.run_layer(li, inp[:, None], ctx)[:, 0], x)
-            if go is not None:
-                kv = torch.where(go[:, None], x, kv)  # an exiting row did not run block l: x is its input
-                x = torch.where(go[:, None], s, x)
-                exit_layer = torch.where(go, li, exit_layer)
-                done, any_done = done | go, True
-            if nobody:
-                states.extend([x] * (L - li))
-                break
-            states.append(x)
-        top = x
-        out = StepOut(logits=None, hidden=None, states=states, top=top, exit_layer=exit_layer,
-                      exit_logp=exit_logp)  # fmt: skip
-    out.hidden = ad.final_norm(top)
+        out = _hard_batch(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms)
+    out.hidden = ad.final_norm(out.top)
     out.logits = ad.lm_head(out.hidden)
     return out
+
+
+def _flush(ad: Any, deferred: list) -> None:
+    """Make the key/value copies ``shortcut_step`` postponed, in position order."""
+    for first, h, ctx in deferred:
+        ad.cache_kv(first, h, ctx)
+    deferred.clear()
+
+
+def _router(sc: Shortcuts, li: int, x: Tensor, off: Tensor | None) -> Tensor:
+    """Router logit ``z`` at layer ``li`` (fp32) with the position's offset (see ``Shortcuts.offsets``)."""
+    return sc.routers[str(li)](x, None if off is None else off[:, sc.layers.index(li)]).float()
+
+
+def _soft(sc, ad, x, ctx, prev, latent, off) -> StepOut:
+    """The soft recurrence of the module docstring: every block runs on the computing path's mixture."""
+    B, L = x.shape[0], len(ad.layers)
+    states = [x]
+    p = x  # the computing path's state
+    S, E = torch.zeros_like(x), torch.zeros_like(x)
+    c = torch.ones(B, dtype=x.dtype, device=x.device)
+    ws, ss, ps, expected = {}, {}, {}, torch.zeros(B, dtype=torch.float32, device=x.device)
+    for li in range(L):
+        if li in sc.layers:
+            w = torch.sigmoid(_router(sc, li, p, off)).to(x.dtype)
+            s = sc.exit_state(li, p, None if prev is None else prev[li], latent)
+            ws[li], ss[li], ps[li] = w, s, p
+            S = S + (c * w)[:, None] * s
+            E = E + (c * w)[:, None] * p
+            c = c * (1 - w)
+        expected = expected + c.float()
+        p = ad.run_layer(li, (E + c[:, None] * p)[:, None], ctx)[:, 0]
+        states.append(S + c[:, None] * p)
+    return StepOut(logits=None, hidden=None, states=states, top=states[-1], w=ws, exits=ss, paths=ps,
+                   expected_layers=expected)  # fmt: skip
+
+
+def _hard_batch(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms) -> StepOut:
+    """Hard decisions for a batch: rows leave at their own layers, selected with masks."""
+    B, L = x.shape[0], len(ad.layers)
+    states = [x]
+    done = torch.zeros(B, dtype=torch.bool, device=x.device)
+    any_done = False  # in Python: at batch 1 per-layer mask arithmetic costs about what a router does
+    exit_layer = torch.full((B,), L, dtype=torch.long, device=x.device)
+    exit_logp = torch.zeros(B, dtype=torch.float32, device=x.device)
+    kv = x  # what deeper blocks cache for a row that has exited: its state at the exit layer
+    for li in range(L):
+        go, s = None, None
+        if li in sc.layers:
+            if exits is not None:
+                go = exits == li
+            else:
+                z = _router(sc, li, x, off)
+                if uniforms is None:
+                    go = torch.sigmoid(z) > lam
+                else:
+                    go = uniforms[:, sc.layers.index(li)].to(z.device) < torch.sigmoid(z)
+                    step_lp = torch.where(go, F.logsigmoid(z), F.logsigmoid(-z))
+                    exit_logp = exit_logp + (torch.where(done, 0.0, step_lp) if any_done else step_lp)
+            go = go & ~done if any_done else go
+            if bool(go.any()):
+                s = sc.exit_state(li, x, None if prev is None else prev[li], latent)
+            else:
+                go = None
+        if go is None and not any_done:  # every row runs block l
+            x = ad.run_layer(li, x[:, None], ctx)[:, 0]
+            states.append(x)
+            continue
+        computing = ~done if go is None else ~done & ~go
+        # block l caches keys/values of every row: a computing or exiting row's state entering it, an
+        # exited row's state at its exit layer; its output is kept only for rows still computing
+        inp = torch.where(done[:, None], kv, x)
+        nobody = not bool(computing.any())
+        if nobody:  # every row has left: blocks l.. only cache keys/values, all in one call
+            ad.cache_kv(li, inp[:, None], ctx)
+        else:
+            x = torch.where(computing[:, None], ad.run_layer(li, inp[:, None], ctx)[:, 0], x)
+        if go is not None:
+            kv = torch.where(go[:, None], x, kv)  # an exiting row did not run block l: x is its input
+            x = torch.where(go[:, None], s, x)
+            exit_layer = torch.where(go, li, exit_layer)
+            done, any_done = done | go, True
+        if nobody:
+            states.extend([x] * (L - li))
+            break
+        states.append(x)
+    return StepOut(logits=None, hidden=None, states=states, top=x, exit_layer=exit_layer, exit_logp=exit_logp)
+
+
+def _hard_one(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms, deferred) -> StepOut:
+    """:func:`_hard_batch` for one row, decided in Python: the same arithmetic and decisions (compared in
+    fp32, as the batched path compares tensors), without the masks and selects, which at batch 1 cost about
+    what the blocks do."""
+    L = len(ad.layers)
+    states = [x]
+    exit_at = None if exits is None else int(exits[0])
+    lam32 = None if lam is None else float(torch.tensor(lam, dtype=torch.float32))  # `w > lam` compares in fp32
+    exit_logp = torch.zeros(1, dtype=torch.float32, device=x.device)
+    for li in range(L):
+        if li in sc.layers:
+            if exit_at is not None:
+                go = exit_at == li
+            else:
+                z = _router(sc, li, x, off)
+                w = float(torch.sigmoid(z))
+                if uniforms is None:
+                    go = w > lam32
+                else:
+                    go = float(uniforms[0, sc.layers.index(li)]) < w
+                    exit_logp = exit_logp + F.logsigmoid(z if go else -z)
+            if go:
+                s = sc.exit_state(li, x, None if prev is None else prev[li], latent)
+                if deferred is None:
+                    ad.cache_kv(li, x[:, None], ctx)
+                else:
+                    deferred.append((li, x[:, None], ctx))
+                states.extend([s] * (L - li))
+                exit_layer = torch.full((1,), li, dtype=torch.long, device=x.device)
+                return StepOut(logits=None, hidden=None, states=states, top=s, exit_layer=exit_layer,
+                               exit_logp=exit_logp)  # fmt: skip
+        if deferred:
+            _flush(ad, deferred)
+        x = ad.run_layer(li, x[:, None], ctx)[:, 0]
+        states.append(x)
+    exit_layer = torch.full((1,), L, dtype=torch.long, device=x.device)
+    return StepOut(logits=None, hidden=None, states=states, top=x, exit_layer=exit_layer, exit_logp=exit_logp)
 
 
 def shortcut_forward(
@@ -373,10 +461,10 @@ def shortcut_forward(
             x = torch.where(go[..., None], s, x)
             done = done | go
     hidden = ad.final_norm(x)
-    prev_ctx = sc.context(torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1))  # position t-1's final state
+    off = sc.offsets(latent, torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1))  # reads position t-1's state
     logp = torch.zeros(exits.shape, dtype=torch.float32, device=x.device)
     for li, (xl, gone) in read.items():
-        z = sc.routers[str(li)](xl, latent, prev_ctx).float()
+        z = sc.routers[str(li)](xl, None if off is None else off[..., sc.layers.index(li)]).float()
         logp = logp + torch.where(gone, 0.0, torch.where(exits == li, F.logsigmoid(z), F.logsigmoid(-z)))
     return ad.lm_head(hidden), hidden, logp
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rl_latent.model import LatentReasoner
-from rl_latent.model.shortcuts import SHORTCUT_NAME, Router, Shortcuts, shortcut_step
+from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts, shortcut_step
 from rollouts.sampler import rollout
 from tests.rollouts.latent_fixtures import QUESTIONS, make_latent_model
 
@@ -126,6 +126,48 @@ def test_deeper_blocks_cache_the_state_at_the_exit_layer_not_the_exit_state(arch
     assert not torch.allclose(hard.top, x0[:, 0])  # the LM head reads the exit state, a different one
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+@torch.no_grad()
+def test_one_row_decides_as_a_batch_does_and_its_deferred_copies_are_made_before_a_block_reads_them(arch):
+    model = with_shortcuts(arch, router_bias=0.0, step_positions="all", router_latent=True, router_prev=True)
+    L, R = model.num_layers, 2
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for trial in range(12):
+        one, _, prev, x, mask = _next_position(model)
+        two = _prefill(model)[0].past_key_values
+        two.reorder_cache(torch.tensor([0, 0]))  # the same row twice: the batched path
+        h, latent = torch.randn(1, model.hidden_size, generator=g), torch.tensor([trial % 2 == 0])
+        u = torch.rand(1, R, generator=g)
+        kw = dict(latent=latent, context=h, lam=0.5, uniforms=u if trial % 3 else None)
+        deferred: list = []
+        a = shortcut_step(model, x, mask, one, prev=prev, deferred=deferred, **kw)
+        dup = lambda t: None if t is None else torch.cat([t, t])  # noqa: E731
+        b = shortcut_step(
+            model, dup(x), dup(mask), two, prev=[dup(p) for p in prev], latent=dup(latent), context=dup(h),
+            lam=0.5, uniforms=dup(kw["uniforms"]),
+        )  # fmt: skip
+        layer = int(a.exit_layer[0])
+        seen.add(layer)
+        assert layer == int(b.exit_layer[0]) == int(b.exit_layer[1])
+        torch.testing.assert_close(a.exit_logp, b.exit_logp[:1], atol=1e-6, rtol=0)
+        torch.testing.assert_close(a.logits, b.logits[:1], atol=1e-5, rtol=0)
+        for sa, sb in zip(a.states, b.states, strict=True):
+            torch.testing.assert_close(sa, sb[:1], atol=1e-5, rtol=0)
+        # an exit's copies wait in `deferred`; the next position to run a block makes them first
+        assert len(deferred) == (layer < L)
+        assert [one.layers[i].keys.shape[-2] for i in range(L)] == [mask.shape[1] - (i >= layer) for i in range(L)]
+        mask2 = torch.cat([mask, mask[:, :1]], 1)
+        y = torch.randn(1, 1, model.hidden_size, generator=g)
+        c = shortcut_step(model, y, mask2, one, prev=a.states, context=a.hidden, lam=1.0, deferred=deferred)
+        d = shortcut_step(model, dup(y), dup(mask2), two, prev=b.states, context=b.hidden, lam=1.0)
+        assert deferred == [] and int(c.exit_layer[0]) == L
+        torch.testing.assert_close(c.logits, d.logits[:1], atol=1e-5, rtol=0)
+        for i in range(L):
+            torch.testing.assert_close(one.layers[i].keys, two.layers[i].keys[:1], atol=1e-5, rtol=0)
+    assert len(seen) == R + 1  # exits at 0, at 1 and none were all compared
+
+
 def test_compute_counts_the_blocks_run_and_batching_changes_nothing():
     model = with_shortcuts("llama", layers=(1,), router_bias=30.0)
     L = model.num_layers
@@ -233,22 +275,30 @@ def test_step_positions_all_gives_every_row_the_step_term_and_latent_only_latent
 
 
 def test_the_latent_bias_moves_only_thought_rows():
-    r = Router(16, 4, latent_bias=True)
+    sc = Shortcuts(16, 2, [0, 1], rank=4, router_hidden=4, router_latent=True)
     with torch.no_grad():
-        r.latent_bias.fill_(2.5)
+        sc.routers["0"].latent_bias.fill_(2.5)
+        sc.routers["1"].latent_bias.fill_(-1.0)
     x, latent = torch.randn(3, 16), torch.tensor([True, False, True])
-    torch.testing.assert_close(r(x, latent) - r(x), torch.tensor([2.5, 0.0, 2.5]))
-    plain = Router(16, 4)
-    assert plain.latent_bias is None and torch.equal(plain(x, latent), plain(x))  # no bias: latent ignored
+    off = sc.offsets(latent, None)  # [rows, routers]
+    torch.testing.assert_close(off, torch.tensor([[2.5, -1.0], [0.0, 0.0], [2.5, -1.0]]))
+    r = sc.routers["0"]
+    torch.testing.assert_close(r(x, off[:, 0]) - r(x), off[:, 0])
+    plain = Shortcuts(16, 2, [0, 1], router_latent=False)
+    assert plain.routers["0"].latent_bias is None and plain.offsets(latent, None) is None  # latent ignored
 
 
 def test_a_router_reading_the_previous_position_moves_with_its_context_only():
-    r = Router(16, 4, read_prev=True)
-    x, ctx = torch.randn(3, 16), torch.randn(3, 16)
-    assert torch.equal(r(x, None, ctx), r(x))  # v starts at 0: a new router ignores the context
+    sc = Shortcuts(16, 2, [0, 1], rank=4, router_hidden=4, router_prev=True)
+    x, h = torch.randn(3, 16), torch.randn(3, 16)
+    assert torch.equal(sc.offsets(None, h), torch.zeros(3, 2))  # v starts at 0: a new router ignores it
     with torch.no_grad():
-        r.prev.weight.fill_(0.5)
-    torch.testing.assert_close(r(x, None, ctx) - r(x), 0.5 * ctx.sum(-1))
+        sc.routers["1"].prev.weight.fill_(0.5)
+    off = sc.offsets(None, h)
+    torch.testing.assert_close(off[:, 1], 0.5 * sc.context(h).sum(-1))
+    assert torch.equal(off[:, 0], torch.zeros(3))
+    r = sc.routers["1"]
+    torch.testing.assert_close(r(x, off[:, 1]) - r(x), off[:, 1])
     sc = Shortcuts(16, 2, [0, 1], router_prev=True)
     h = torch.randn(3, 16) * 7 + 2
     c = sc.context(h)  # layer-normed without weights: the scale of the final state does not matter
