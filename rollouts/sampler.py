@@ -170,7 +170,7 @@ def rollout(
     lam = lam if depth is None else None  # a static depth overrides the routers
     shortcuts = sample_exits or lam is not None or static is not None
     prev = states[:-1] + [None] if shortcuts else None
-    deferred: list = []  # exited positions' key/value copies, made when a later position runs a block (batch 1)
+    deferred: list = []  # exited positions' key/value copies, made once a later position runs a block
     layers_run: list[list[int]] = [[model.num_layers] for _ in range(B)]  # the prompt's last position: full
     exit_record: list[list[tuple[int, float]]] = [[] for _ in range(B)]  # per fed position: (layer, log-prob)
 
@@ -246,8 +246,8 @@ def rollout(
     wall = time.perf_counter() - t0
     with torch.inference_mode(False):  # the trajectory's tensors are ordinary ones: the trainer replays them
         return _pack(
-            model, head, policy, prompt_ids, questions, targets, decisions, answers, probe, n_dec, n_lat, n_ans,
-            answer_temperature, wall, weights_version, metadata, layers_run if shortcuts else None,
+            model, head, policy, prompt_ids, questions, targets, decisions, answers, probe, n_dec, n_lat,
+            n_ans, answer_temperature, wall, weights_version, metadata, layers_run if shortcuts else None,
             exit_record if sample_exits else None, routed=static is None,
         )  # fmt: skip
 

@@ -44,9 +44,9 @@ SHORTCUT_NAME = "shortcuts"
 class Router(nn.Module):
     """``w = sigmoid(W2 GELU(W1 LN(x)) + b + o)``; the bias starts at -4 so a new router almost never exits.
     ``o`` is the position's offset (:meth:`Shortcuts.offsets`, every router's in one matmul):
-    ``b_lat 1[latent] + v . c``. ``b_lat`` (``latent_bias=True``) separates thought inputs from tokens: at the
-    first layer a router reads only the input, and a soft thought over numbers looks like a number token. ``v``
-    (``read_prev=True``, starts at 0) reads ``c``, the previous position's final state layer-normed
+    ``b_lat 1[latent] + v . c``. ``b_lat`` (``latent_bias=True``) separates thought inputs from tokens: at
+    the first layer a router reads only the input, and a soft thought over numbers looks like a number token.
+    ``v`` (``read_prev=True``, starts at 0) reads ``c``, the previous position's final state layer-normed
     (:meth:`Shortcuts.context`): the last thought's top state says the next position only decides "stop",
     which no router can see in that position's own input (a linear probe: 1.0 vs 0.66, docs/decisions.md)."""
 
@@ -138,8 +138,8 @@ class Shortcuts(nn.Module):
         return F.layer_norm(hidden, hidden.shape[-1:])
 
     def offsets(self, latent: Tensor | None, hidden: Tensor | None) -> Tensor | None:
-        """Every router's offset ``o_k = b_lat,k 1[latent] + v_k . context(hidden)`` [..., R] (router k sits at
-        ``layers[k]``), in one matmul for all routers; None when the routers have neither term or neither
+        """Every router's offset ``o_k = b_lat,k 1[latent] + v_k . context(hidden)`` [..., R] (router k sits
+        at ``layers[k]``), in one matmul for all routers; None when the routers have neither term or neither
         input is given. ``latent`` [...] marks thought inputs, ``hidden`` [..., d] is the previous position's
         final normed state."""
         routers = list(self.routers.values())
@@ -280,7 +280,6 @@ def shortcut_step(
     sc = model.heads[SHORTCUT_NAME]
     off = sc.offsets(latent, context)
     ad = model.adapter
-    L = model.num_layers
     pos = model.position_ids_from_mask(attention_mask)[:, -1:]
     x, ctx = ad.begin(inputs_embeds, attention_mask, pos, cache, True)
     x = x[:, 0]
@@ -395,7 +394,7 @@ def _hard_one(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms, deferred)
     L = len(ad.layers)
     states = [x]
     exit_at = None if exits is None else int(exits[0])
-    lam32 = None if lam is None else float(torch.tensor(lam, dtype=torch.float32))  # `w > lam` compares in fp32
+    lam32 = None if lam is None else float(torch.tensor(lam, dtype=torch.float32))  # `w > lam` is in fp32
     exit_logp = torch.zeros(1, dtype=torch.float32, device=x.device)
     for li in range(L):
         if li in sc.layers:

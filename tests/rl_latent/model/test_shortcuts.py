@@ -156,7 +156,8 @@ def test_one_row_decides_as_a_batch_does_and_its_deferred_copies_are_made_before
             torch.testing.assert_close(sa, sb[:1], atol=1e-5, rtol=0)
         # an exit's copies wait in `deferred`; the next position to run a block makes them first
         assert len(deferred) == (layer < L)
-        assert [one.layers[i].keys.shape[-2] for i in range(L)] == [mask.shape[1] - (i >= layer) for i in range(L)]
+        lengths = [one.layers[i].keys.shape[-2] for i in range(L)]
+        assert lengths == [mask.shape[1] - (i >= layer) for i in range(L)]
         mask2 = torch.cat([mask, mask[:, :1]], 1)
         y = torch.randn(1, 1, model.hidden_size, generator=g)
         c = shortcut_step(model, y, mask2, one, prev=a.states, context=a.hidden, lam=1.0, deferred=deferred)
