@@ -174,46 +174,57 @@ def rollout(
     layers_run: list[list[int]] = [[model.num_layers] for _ in range(B)]  # the prompt's last position: full
     exit_record: list[list[tuple[int, float]]] = [[] for _ in range(B)]  # per fed position: (layer, log-prob)
 
-    phase = torch.zeros(B, dtype=torch.long, device=device)  # 0 thinking, 1 answering, 2 done
-    n_dec = torch.zeros(B, dtype=torch.long, device=device)
-    n_lat = torch.zeros(B, dtype=torch.long, device=device)
-    n_ans = torch.zeros(B, dtype=torch.long, device=device)
+    # the rows' bookkeeping is in Python: at batch 1 each tensor op on it costs about what a router does
+    phase = [0] * B  # 0 thinking, 1 answering, 2 done
+    n_dec, n_lat, n_ans = [0] * B, [0] * B, [0] * B
     decisions: list[tuple[Tensor, Tensor, dict[str, Tensor]]] = []  # (rows, decision index, batched record)
     answers: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # (rows, position, token, log-prob)
     probe: list[list[list[tuple[str, float]]]] = [[] for _ in range(B)]
+    every = list(range(B))
+    live_col = torch.ones(B, 1, dtype=mask.dtype, device=device)
     for _ in range(cap + 1 + max_answer_tokens):
-        think = (phase == 0).nonzero()[:, 0]
-        speak = (phase == 1).nonzero()[:, 0]
-        nxt = emb.weight[tok.pad_token_id].expand(B, -1).clone()
-        live = (phase < 2).long()[:, None]
-        if len(think):
+        think = [b for b in every if phase[b] == 0]
+        speak = [b for b in every if phase[b] == 1]
+        live = [int(p < 2) for p in phase]
+        inputs: list[tuple[list[int], Tensor]] = []  # (rows, their next inputs)
+        latent_rows: list[int] = []
+        if think:
+            rows = _index(think, B, device)
             if probe_k:
-                top = torch.softmax(logits[think], -1).topk(probe_k, dim=-1)
-                for i, b in enumerate(think.tolist()):
+                top = torch.softmax(_take(logits, rows), -1).topk(probe_k, dim=-1)
+                for i, b in enumerate(think):
                     pairs = zip(top.indices[i].tolist(), top.values[i].tolist())
                     probe[b].append([(tok.decode([t]), round(p, 4)) for t, p in pairs])
-            gens = None if generators is None else [generators[b] for b in think.tolist()]
+            gens = None if generators is None else [generators[b] for b in think]
+            j = torch.tensor([n_dec[b] for b in think], device=device)
             d = _decide(
-                model, head, policy, logits[think], h[think], n_dec[think], fixed, cap, gens, generator
+                model, head, policy, _take(logits, rows), _take(h, rows), j, fixed, cap, gens, generator
             )
-            decisions.append((think, n_dec[think].clone(), d))
-            go = ~d["stop"]
-            nxt[think[go]] = d["z"][go].to(nxt.dtype)
-            nxt[think[d["stop"]]] = emb.weight[model.eot_id]
-            n_lat[think[go]] += 1
-            n_dec[think] += 1
-            phase[think[d["stop"]]] = 1
-        if len(speak):
-            gens = None if generators is None else [generators[b] for b in speak.tolist()]
-            t, lp = _answer_tokens(logits[speak], answer_temperature, top_p, gens, generator)
-            answers.append((speak, n_ans[speak].clone(), t, lp))
-            nxt[speak] = emb.weight[t]
-            n_ans[speak] += 1
-            finished = (t == eos) | (n_ans[speak] >= max_answer_tokens)
-            phase[speak[finished]] = 2
-        if bool((phase == 2).all()):
+            decisions.append((torch.tensor(think), j, d))
+            stops = d["stop"].tolist()
+            latent_rows = [b for b, stop in zip(think, stops) if not stop]
+            if latent_rows:
+                inputs.append((latent_rows, d["z"] if len(latent_rows) == len(think) else d["z"][~d["stop"]]))
+            if len(latent_rows) < len(think):
+                inputs.append(([b for b, stop in zip(think, stops) if stop], emb.weight[model.eot_id]))
+            for b, stop in zip(think, stops):
+                n_dec[b] += 1
+                n_lat[b] += not stop
+                phase[b] = 1 if stop else 0
+        if speak:
+            rows = _index(speak, B, device)
+            gens = None if generators is None else [generators[b] for b in speak]
+            t, lp = _answer_tokens(_take(logits, rows), answer_temperature, top_p, gens, generator)
+            answers.append((torch.tensor(speak), torch.tensor([n_ans[b] for b in speak]), t, lp))
+            inputs.append((speak, emb.weight[t]))
+            for b, tb in zip(speak, t.tolist()):
+                n_ans[b] += 1
+                if tb == eos or n_ans[b] >= max_answer_tokens:
+                    phase[b] = 2
+        if all(p == 2 for p in phase):
             break
-        mask = torch.cat([mask, live], dim=1)
+        nxt = _assemble(inputs, B, emb.weight[tok.pad_token_id], device)
+        mask = torch.cat([mask, live_col if all(live) else torch.tensor(live, device=device)[:, None]], dim=1)
         if not shortcuts:
             out = model(
                 inputs_embeds=nxt[:, None], attention_mask=mask, past_key_values=cache, use_cache=True,
@@ -223,9 +234,8 @@ def rollout(
             logits, h = out.logits[:, -1].float(), out.hidden_states[-1][:, -1]
             continue
         # System-1.5: the position runs until its router says exit; thoughts may reuse the previous state
-        latent_in = torch.zeros(B, dtype=torch.bool, device=device)
-        if len(think):
-            latent_in[think[~d["stop"]]] = True
+        thought = set(latent_rows)
+        latent_in = torch.tensor([b in thought for b in every], device=device)
         u = None
         if sample_exits:  # every row draws one uniform per router at every position (fixed RNG use)
             n_r = len(model.heads[SHORTCUT_NAME].layers)
@@ -240,16 +250,38 @@ def rollout(
         prev = so.states
         logits, h = so.logits.float(), so.hidden
         layers, logps = so.exit_layer.tolist(), so.exit_logp.tolist()  # exit layer l: blocks 0..l-1 ran
-        for b in (phase < 2).nonzero()[:, 0].tolist():
-            layers_run[b].append(layers[b])
-            exit_record[b].append((layers[b], logps[b]))
+        for b in every:
+            if phase[b] < 2:
+                layers_run[b].append(layers[b])
+                exit_record[b].append((layers[b], logps[b]))
     wall = time.perf_counter() - t0
     with torch.inference_mode(False):  # the trajectory's tensors are ordinary ones: the trainer replays them
         return _pack(
-            model, head, policy, prompt_ids, questions, targets, decisions, answers, probe, n_dec, n_lat,
-            n_ans, answer_temperature, wall, weights_version, metadata, layers_run if shortcuts else None,
+            model, head, policy, prompt_ids, questions, targets, decisions, answers, probe,
+            torch.tensor(n_dec), torch.tensor(n_lat), torch.tensor(n_ans), answer_temperature, wall,
+            weights_version, metadata, layers_run if shortcuts else None,
             exit_record if sample_exits else None, routed=static is None,
         )  # fmt: skip
+
+
+def _index(rows: list[int], B: int, device: Any) -> Tensor | None:
+    """``rows`` as an index tensor, or None when they are all ``B`` rows in order (nothing to select)."""
+    return None if len(rows) == B else torch.tensor(rows, device=device)
+
+
+def _take(t: Tensor, rows: Tensor | None) -> Tensor:
+    return t if rows is None else t[rows]
+
+
+def _assemble(inputs: list[tuple[list[int], Tensor]], B: int, pad: Tensor, device: Any) -> Tensor:
+    """The next inputs [B, d]: each group's rows get its tensor ([rows, d], or one [d] for all of them), the
+    rows in no group (finished) the pad embedding."""
+    if len(inputs) == 1 and len(inputs[0][0]) == B:  # one group holds every row, in order
+        return inputs[0][1].expand(B, -1).to(pad.dtype)
+    nxt = pad.expand(B, -1).clone()
+    for rows, x in inputs:
+        nxt[torch.tensor(rows, device=device)] = x.to(pad.dtype)
+    return nxt
 
 
 def prefill(model: Any, ids: Tensor, mask: Tensor) -> tuple[Any, Tensor, list[Tensor]]:
