@@ -7,8 +7,9 @@
 CPU a whole block of timings can run 1.5x slow, and the ratio between two models then moves with it (6.2x to
 11.4x across three runs of the same models). Here each round times every model once on the same problems
 (greedy, one problem at a time, as ``latency_b1_ms``), so a slow spell hits all of them: the ratio of
-medians is the number to quote. Prints one JSON object: per model its timings (ms per problem) and median,
-and each model's median over System-1.5's.
+medians is the number to quote, or the median of each round's own ratio (``over_system15_per_round``) when the
+machine's speed drifts during the run. Prints one JSON object: per model its timings (ms per problem) and
+median, and each model's median over System-1.5's.
 """
 
 from __future__ import annotations
@@ -65,10 +66,16 @@ def main() -> None:
             evaluate(m, test, max_problems=args.problems, **kw)
             times[name].append(round(1000 * (time.perf_counter() - t0) / args.problems, 2))
     med = {k: statistics.median(v) for k, v in times.items()}
+    others = [k for k in models if k != "system15"]
     out = {
         "run": args.run, "lam": args.lam, "problems": args.problems,
         "latency_b1_ms": {k: {"median": round(med[k], 2), "runs": v} for k, v in times.items()},
-        "over_system15": {k: round(med[k] / med["system15"], 2) for k in models if k != "system15"},
+        "over_system15": {k: round(med[k] / med["system15"], 2) for k in others},
+        # each round's own ratio (timings seconds apart), then their median: steadier when the machine's speed
+        # drifts over the run, as a shared one's does
+        "over_system15_per_round": {
+            k: round(statistics.median(a / b for a, b in zip(times[k], times["system15"])), 2) for k in others
+        },
     }  # fmt: skip
     print(json.dumps(out, indent=1))
 
