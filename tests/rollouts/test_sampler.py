@@ -89,6 +89,8 @@ def test_replay_has_gradients(latent_model, questions):
     traj = rollout(
         model, questions, policy=policy, answer_temperature=1.0, max_answer_tokens=4, generators=_gens(4)
     )
+    tensors = [v for v in vars(traj).values() if isinstance(v, torch.Tensor)]
+    assert tensors and not any(t.is_inference() for t in tensors)  # decoded under inference_mode, packed out
     new = replay(model, traj, policy)
     new.total(traj).sum().backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
