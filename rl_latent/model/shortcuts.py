@@ -272,10 +272,10 @@ def shortcut_step(
     routers with ``router_prev`` read it) and ``latent`` [B] marks rows whose input is a latent thought.
 
     ``deferred`` (a list the caller keeps across the positions of one decode, batch 1 only) postpones an
-    exited position's key/value copies (``DecoderAdapter.cache_kv``) until a later position runs a block:
-    positions that only read the cache through blocks, so copies no block reads (those of the positions after
-    the last one that runs a block) are never made. The cache is complete whenever a block runs, not after
-    the last position; pass None (the default) when the cache is read afterwards.
+    exited position's key/value copies (``DecoderAdapter.cache_kv``) until a later position runs a block: a
+    position reads the cache only inside the blocks it runs, so copies no later block reads (those of the
+    positions after the last one that runs a block) are never made. The cache is complete whenever a block
+    runs, not after the last position; pass None (the default) when the cache is read afterwards.
     """
     sc = model.heads[SHORTCUT_NAME]
     off = sc.offsets(latent, context)
