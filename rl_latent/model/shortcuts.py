@@ -308,8 +308,9 @@ def _flush(ad: Any, deferred: list) -> None:
 
 
 def _router(sc: Shortcuts, li: int, x: Tensor, off: Tensor | None) -> Tensor:
-    """Router logit ``z`` at layer ``li`` (fp32) with the position's offset (see ``Shortcuts.offsets``)."""
-    return sc.routers[str(li)](x, None if off is None else off[:, sc.layers.index(li)]).float()
+    """Router logit ``z`` at layer ``li`` (fp32) of states ``x`` [..., d] with their offsets ``off`` [..., R]
+    (see ``Shortcuts.offsets``)."""
+    return sc.routers[str(li)](x, None if off is None else off[..., sc.layers.index(li)]).float()
 
 
 def _soft(sc, ad, x, ctx, prev, latent, off) -> StepOut:
@@ -463,7 +464,7 @@ def shortcut_forward(
     off = sc.offsets(latent, torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1))  # reads position t-1's state
     logp = torch.zeros(exits.shape, dtype=torch.float32, device=x.device)
     for li, (xl, gone) in read.items():
-        z = sc.routers[str(li)](xl, None if off is None else off[..., sc.layers.index(li)]).float()
+        z = _router(sc, li, xl, off)
         logp = logp + torch.where(gone, 0.0, torch.where(exits == li, F.logsigmoid(z), F.logsigmoid(-z)))
     return ad.lm_head(hidden), hidden, logp
 
