@@ -215,14 +215,16 @@ def shortcut_flops(model: Any, blocks_run: list[int], routed: bool = True) -> fl
     projections of its copied state in each skipped block."""
     sc = model.heads[SHORTCUT_NAME]
     per = sc.flops()
+    # read once: a transformers config's attribute lookup is slow, and this runs for every sample
     cfg = model.config
+    L, d = model.num_layers, cfg.hidden_size
     n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    kv_dim = cfg.hidden_size // cfg.num_attention_heads * n_kv
+    kv_dim = d // cfg.num_attention_heads * n_kv
     total = 0.0
     for r in blocks_run:
-        total += routed * per["router"] * sum(1 for li in sc.layers if li <= r and li < model.num_layers)
-        if r < model.num_layers:
-            total += per["exit"] + (model.num_layers - r) * 2.0 * 2 * cfg.hidden_size * kv_dim
+        total += routed * per["router"] * sum(1 for li in sc.layers if li <= r and li < L)
+        if r < L:
+            total += per["exit"] + (L - r) * 2.0 * 2 * d * kv_dim
     return total
 
 
