@@ -343,11 +343,12 @@ def _decide(
         x, lp = _policy_sample(policy, sub, gens, generator)
         said_eot = ids.gather(-1, x.argmax(-1, keepdim=True))[:, 0] == model.eot_id
         stop = forced | (said_eot if adaptive else torch.zeros_like(forced))
-        z = head.embed(x, ids, model.lm.get_input_embeddings(), head.residual_of(h))
+        residual = head.residual_of(h)
+        z = head.embed(x, ids, model.lm.get_input_embeddings(), residual)
         sampled = ~forced & (not policy.deterministic)
         return {"stop": stop, "z": z, "ids": ids, "action": x, "logp": torch.where(sampled, lp, 0.0),
                 "sampled": sampled, "stop_logp": zeros, "stop_sampled": torch.zeros_like(forced),
-                "residual": head.residual_of(h)}  # fmt: skip
+                "residual": residual}  # fmt: skip
     # hidden head: the stop is a Bernoulli(p(<eot>)) decision under the LM head, then z ~ policy(P(h))
     stop, stop_logp, stop_sampled = forced.clone(), zeros, torch.zeros_like(forced)
     if adaptive:
