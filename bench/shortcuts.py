@@ -8,7 +8,7 @@ Trains (or with ``--reuse`` reads from ``--out``) CoT-SFT, CODI (step-aligned so
 model) and System-1.5 stage 2 (routers + adapters on the frozen CODI model), each through its real recipe.
 Then GRPO from the System-1.5 model with its exits as actions under a compute reward (``system15_rl``,
 ``--rl-budget-s`` seconds on Ray workers and a DeepSpeed rank). By default that RL learns the exits only:
-the backbone is frozen (``rl.trainable=shortcuts``) and thoughts and answers are greedy, as at inference, so
+only the routers train (``rl.trainable=routers``) and thoughts and answers are greedy, as at inference, so
 the exits are the only actions (``configs/system15-rl-quickstart.yaml``'s recipe); ``--rl-full`` trains every
 weight with Gumbel thoughts and sampled answers.
 Measures every model on the test split, System-1.5 models once per lambda: greedy ``accuracy``, generated

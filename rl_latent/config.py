@@ -245,6 +245,13 @@ def validate(cfg: Config) -> None:
         )
     if rl.eval_n < max(rl.eval_ks):
         raise ConfigError(f"rl.eval_ks={rl.eval_ks} needs rl.eval_n >= {max(rl.eval_ks)}")
+    if rl.trainable == "shortcuts" and rl.answer_temperature == 0 and cfg.latent.policy == "vanilla":
+        raise ConfigError(
+            "rl.trainable=shortcuts with greedy thoughts and answers (latent.policy=vanilla, "
+            "rl.answer_temperature=0): the adapters then change the answer only deterministically, and the "
+            "policy gradient of the exit decisions moves them blind to it (measured: answers lost at "
+            "unchanged exits); train the exit policy alone with rl.trainable=routers"
+        )
     if cfg.latent.learn_exits and cfg.train.recipe == "ppo":
         raise ConfigError(
             "latent.learn_exits works with GRPO (train.recipe=grpo); PPO has no exit values yet"

@@ -180,9 +180,11 @@ class RLConfig:
     )
     trainable: str = _f(
         "all",
-        "what RL trains: the whole policy, or only the System-1.5 routers and adapters on the frozen "
-        "backbone (with latent.learn_exits: RL learns the depth and leaves the full path as it was)",
-        ("all", "shortcuts"),
+        "what RL trains: the whole policy; only the System-1.5 routers (the exit policy, with "
+        "latent.learn_exits: RL learns the depth and leaves every state as it was); or the routers and "
+        "adapters on the frozen backbone (needs sampled thoughts or answers: the adapters' effect on a "
+        "greedy answer is deterministic, and the policy gradient does not see it)",
+        ("all", "routers", "shortcuts"),
     )
     rewards: list[Any] = _f(
         ["correct"],

@@ -26,16 +26,19 @@ def categorical_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
-def train_only_head(model: Any, head: str) -> int:
-    """Freeze every parameter of ``model`` but those of ``model.heads[head]``; returns how many train.
+def train_only_head(model: Any, head: str, part: str | None = None) -> int:
+    """Freeze every parameter of ``model`` but those of ``model.heads[head]`` (or of its submodule ``part``);
+    returns how many train.
 
-    System-1.5 trains its routers and adapters on a frozen backbone, in stage 2 and (``rl.trainable:
-    shortcuts``) in RL, so the full path, and with it every position that does not exit, stays the model's."""
+    System-1.5 trains its routers and adapters on a frozen backbone in stage 2, so the full path, and with it
+    every position that does not exit, stays the model's; exit RL (``rl.trainable: routers``) trains the
+    routers alone, so every state a decode computes stays the model's too and only the depth is learned."""
     if head not in model.heads:
         raise KeyError(f"the model has no {head!r} head (heads: {sorted(model.heads)})")
+    module = model.heads[head] if part is None else model.heads[head].get_submodule(part)
     model.requires_grad_(False)
-    model.heads[head].requires_grad_(True)
-    return sum(p.numel() for p in model.heads[head].parameters())
+    module.requires_grad_(True)
+    return sum(p.numel() for p in module.parameters())
 
 
 def seed_everything(seed: int) -> None:

@@ -54,8 +54,8 @@ class TrainerRank:
         self.cfg, self.rank, self.world = cfg, rank, world
         self.algo = algo_cls(cfg.rl)
         policy = LatentReasoner.from_pretrained(model_dir)
-        if cfg.rl.trainable == "shortcuts":  # frozen backbone: only the routers and adapters learn
-            train_only_head(policy, SHORTCUT_NAME)
+        if cfg.rl.trainable != "all":  # frozen backbone: only the routers (and adapters) learn
+            train_only_head(policy, SHORTCUT_NAME, "routers" if cfg.rl.trainable == "routers" else None)
         self.ref = None
         if cfg.rl.kl_beta > 0:  # the frozen reference: the policy as the run started
             self.ref = copy.deepcopy(policy).eval().requires_grad_(False)

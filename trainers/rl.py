@@ -119,7 +119,7 @@ class RLRun:
                 "(e.g. runs/quickstart/codi_soft/model)"
             )
         needs = [k for k, on in (("latent.learn_exits", cfg.latent.learn_exits),
-                                 ("rl.trainable=shortcuts", rl.trainable == "shortcuts")) if on]  # fmt: skip
+                                 (f"rl.trainable={rl.trainable}", rl.trainable != "all")) if on]  # fmt: skip
         if needs:
             meta = Path(model_dir) / "latent_config.json"
             heads = json.loads(meta.read_text()).get("heads", {}) if meta.is_file() else {}

@@ -85,6 +85,11 @@ def test_bad_values_are_rejected_with_the_key():
         load_config(None, ["train.recipe=grpo", "rl.unlikely_beta=1.5"])
     with pytest.raises(ConfigError, match="rl.unlikely_beta=0.25.*ppo"):
         load_config(None, ["train.recipe=ppo", "rl.unlikely_beta=0.25"])
+    greedy = ["latent.policy=vanilla", "rl.answer_temperature=0"]  # the adapters would act deterministically
+    with pytest.raises(ConfigError, match="rl.trainable=shortcuts.*rl.trainable=routers"):
+        load_config(None, ["rl.trainable=shortcuts", *greedy])
+    assert load_config(None, ["rl.trainable=routers", *greedy]).rl.trainable == "routers"
+    assert load_config(None, ["rl.trainable=shortcuts", "latent.policy=vanilla"]).rl.trainable == "shortcuts"
 
 
 def test_every_field_is_documented():

@@ -35,5 +35,9 @@ def test_train_only_head_freezes_the_backbone():
     assert trainable and all(k.startswith(f"heads.{SHORTCUT_NAME}.") for k in trainable)
     assert n == sum(p.numel() for p in model.heads[SHORTCUT_NAME].parameters()) > 0
     assert not any(p.requires_grad for p in model.lm.parameters())
+    n = train_only_head(model, SHORTCUT_NAME, "routers")  # exit RL: the routers alone
+    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(k.startswith(f"heads.{SHORTCUT_NAME}.routers.") for k in trainable)
+    assert n == sum(p.numel() for p in model.heads[SHORTCUT_NAME].routers.parameters()) > 0
     with pytest.raises(KeyError, match="no 'nope' head"):
         train_only_head(model, "nope")
