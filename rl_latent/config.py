@@ -252,6 +252,8 @@ def validate(cfg: Config) -> None:
             "policy gradient of the exit decisions moves them blind to it (measured: answers lost at "
             "unchanged exits); train the exit policy alone with rl.trainable=routers"
         )
+    if not cfg.latent.exit_temperature > 0:
+        raise ConfigError(f"latent.exit_temperature={cfg.latent.exit_temperature} must be > 0")
     if cfg.latent.learn_exits and cfg.train.recipe == "ppo":
         raise ConfigError(
             "latent.learn_exits works with GRPO (train.recipe=grpo); PPO has no exit values yet"

@@ -121,7 +121,13 @@ class LatentConfig:
     )
     tau: float = _f(0.5, "gumbel: Concrete temperature tau")
     learn_exits: bool = _f(
-        False, "System-1.5 models in RL: exits are Bernoulli(w) actions with log-probs (else: w > lambda)"
+        False, "System-1.5 models in RL: exits are Bernoulli actions with log-probs (else: w > lambda)"
+    )
+    exit_temperature: float = _f(
+        1.0,
+        "learn_exits: an exit is Bernoulli(sigmoid((z - logit(lambda)) / T)), z the router's logit, lambda "
+        "the model's: its mode is the greedy decode (w > lambda); T < 1 keeps samples near that decode, "
+        "T = 1 at lambda 0.5 is Bernoulli(w)",
     )
     concentration: float = _f(10.0, "dirichlet: y ~ Dirichlet(concentration * p + dirichlet_floor)")
     dirichlet_floor: float = _f(0.05, "dirichlet: added to every concentration (keeps log-densities finite)")

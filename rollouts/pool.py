@@ -92,9 +92,11 @@ class RolloutPool:
         answer_temperature: float,
         max_answer_tokens: int,
         learn_exits: bool = False,
+        exit_temperature: float = 1.0,
     ) -> Trajectory:
         """Roll out every request once (sharded over the workers), concatenated in request order
-        (``learn_exits``: System-1.5 exits are sampled actions, see ``rollouts.sampler.rollout``)."""
+        (``learn_exits``: System-1.5 exits are sampled actions at ``exit_temperature``, see
+        ``rollouts.sampler.rollout``)."""
         if not requests:
             raise ValueError("RolloutPool.rollout: no requests")
         ranges = [r for r in shard(len(requests), len(self.workers)) if len(r)]
@@ -111,6 +113,7 @@ class RolloutPool:
                 answer_temperature,
                 max_answer_tokens,
                 learn_exits,
+                exit_temperature,
             )
 
         parts = self._call_sharded(ranges, call)

@@ -187,7 +187,7 @@ def _replay_exits(model: Any, traj: Trajectory, x: Tensor, mask: Tensor, n_lat: 
     for b, n in enumerate(n_lat):
         latent[b, len(traj.prompt_ids[b]) : len(traj.prompt_ids[b]) + n] = True
     dev = x.device
-    logits, hid, logp = shortcut_forward(model, x, mask, exits.to(dev), latent.to(dev))
+    logits, hid, logp = shortcut_forward(model, x, mask, exits.to(dev), latent.to(dev), traj.exit_scale)
     out = SimpleNamespace(logits=logits, hidden_states=(hid,))
     return out, logp[rows.to(dev), idx.to(dev)]
 

@@ -22,6 +22,7 @@ from rl_latent.data.format import prompt_text
 from rl_latent.model.heads import HEAD_NAME
 from rl_latent.model.shortcuts import (
     SHORTCUT_NAME,
+    exit_scale,
     has_shortcuts,
     shortcut_exit_at,
     shortcut_flops,
@@ -124,6 +125,7 @@ def rollout(
     metadata: list[dict[str, Any]] | None = None,
     lam: float | None = None,
     learn_exits: bool = False,
+    exit_temperature: float = 1.0,
     exit_at: int | None = None,
 ) -> Trajectory:
     """Roll out ``questions`` (raw question text) through the latent phase and the answer.
@@ -135,10 +137,11 @@ def rollout(
     CODI probe). Every step is batched over the rows in the same phase; only per-row random draws loop.
     A model with System-1.5 shortcuts exits positions early where its routers pass ``lam`` (default: the
     threshold it was trained with, ``latent_extra["shortcut"]["lam"]``); compute counts the blocks run.
-    ``learn_exits`` samples the exits instead (Bernoulli(w) per router: the RL action of latent.learn_exits)
-    and stores each position's exit layer and log-prob in the trajectory. ``exit_at`` (default: the model's
-    ``latent_extra["shortcut"]["exit_at"]``, normally unset) exits every position at that router layer instead
-    (a static depth).
+    ``learn_exits`` samples the exits instead (the RL action of latent.learn_exits: Bernoulli(sigmoid((z -
+    logit(lam)) / exit_temperature)) per router, whose mode is the greedy decode at ``lam``; Bernoulli(w) at
+    lam 0.5 and temperature 1) and stores each position's exit layer and log-prob in the trajectory.
+    ``exit_at`` (default: the model's ``latent_extra["shortcut"]["exit_at"]``, normally unset) exits every
+    position at that router layer instead (a static depth).
     """
     head = thought_head(model)
     settings = latent_settings(model)
@@ -168,6 +171,7 @@ def rollout(
     depth = None if sample_exits else shortcut_exit_at(model, exit_at)
     static = None if depth is None else torch.full((B,), depth, dtype=torch.long, device=device)
     lam = lam if depth is None else None  # a static depth overrides the routers
+    scale = exit_scale(lam, exit_temperature) if sample_exits else (0.0, 1.0)
     shortcuts = sample_exits or lam is not None or static is not None
     prev = states[:-1] + [None] if shortcuts else None
     deferred: list = []  # exited positions' key/value copies, made once a later position runs a block
@@ -245,7 +249,7 @@ def rollout(
             )  # fmt: skip
         so = shortcut_step(
             model, nxt[:, None], mask, cache, prev=prev, latent=latent_in, context=h, lam=lam, exits=static,
-            uniforms=u, deferred=deferred,
+            uniforms=u, scale=scale, deferred=deferred,
         )  # fmt: skip
         prev = so.states
         logits, h = so.logits.float(), so.hidden
@@ -260,7 +264,7 @@ def rollout(
             model, head, policy, prompt_ids, questions, targets, decisions, answers, probe,
             torch.tensor(n_dec), torch.tensor(n_lat), torch.tensor(n_ans), answer_temperature, wall,
             weights_version, metadata, layers_run if shortcuts else None,
-            exit_record if sample_exits else None, routed=static is None,
+            exit_record if sample_exits else None, routed=static is None, scale=scale,
         )  # fmt: skip
 
 
@@ -390,7 +394,7 @@ def _answer_tokens(
 
 def _pack(
     model, head, policy, prompt_ids, questions, targets, decisions, answers, probe, n_dec, n_lat, n_ans,
-    temperature, wall, version, meta, layers_run=None, exit_record=None, routed=True,
+    temperature, wall, version, meta, layers_run=None, exit_record=None, routed=True, scale=(0.0, 1.0),
 ) -> Trajectory:  # fmt: skip
     B = len(prompt_ids)
     J, A = max(1, int(n_dec.max())), max(1, int(n_ans.max()))
@@ -455,6 +459,7 @@ def _pack(
             "exit_layers": torch.full((B, P), model.num_layers, dtype=torch.long),
             "exit_logp": torch.zeros(B, P),
             "exit_mask": torch.zeros(B, P, dtype=torch.bool),
+            "exit_scale": scale,
         }
         for b, rec in enumerate(exit_record):
             rec = rec[: int(n_lat[b]) + int(n_ans[b])]

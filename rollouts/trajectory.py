@@ -60,6 +60,7 @@ class Trajectory:
     exit_layers: Tensor | None = None  # [B, P] int64: the router layer the position exited at (n_layer: none)
     exit_logp: Tensor | None = None  # [B, P] log-prob of its Bernoulli exit decisions
     exit_mask: Tensor | None = None  # [B, P] bool
+    exit_scale: tuple[float, float] = (0.0, 1.0)  # the exits were Bernoulli(sigmoid((z - c) / T)): (c, T)
     rewards: Tensor | None = None  # [B], set by rewards/
     reward_components: dict[str, Tensor] = field(default_factory=dict)
 
@@ -112,6 +113,7 @@ class Trajectory:
             exit_layers=None if self.exit_layers is None else self.exit_layers[t],
             exit_logp=None if self.exit_logp is None else self.exit_logp[t],
             exit_mask=None if self.exit_mask is None else self.exit_mask[t],
+            exit_scale=self.exit_scale,
             rewards=None if self.rewards is None else self.rewards[t],
             reward_components={k: v[t] for k, v in self.reward_components.items()},
         )
@@ -124,13 +126,14 @@ class Trajectory:
             raise ValueError("Trajectory.concat needs at least one trajectory")
         first = parts[0]
         for p in parts[1:]:
-            if (p.head, p.policy, p.answer_temperature) != (
+            if (p.head, p.policy, p.answer_temperature, p.exit_scale) != (
                 first.head,
                 first.policy,
                 first.answer_temperature,
+                first.exit_scale,
             ):
                 raise ValueError(
-                    "Trajectory.concat: parts sampled with different heads/policies/temperatures"
+                    "Trajectory.concat: parts sampled with different heads/policies/temperatures/exit scales"
                 )
         if len({p.exit_logp is None for p in parts}) > 1:
             raise ValueError("Trajectory.concat: some parts sampled their exits and some did not")
@@ -180,6 +183,7 @@ class Trajectory:
                     "exit_layers": cat("exit_layers", P, value=first.exit_layers.max().item()),
                     "exit_logp": cat("exit_logp", P),
                     "exit_mask": cat("exit_mask", P),
+                    "exit_scale": first.exit_scale,
                 }
             ),
             rewards=None if any(r is None for r in rewards) else torch.cat(rewards),

@@ -110,6 +110,7 @@ class RolloutWorker:
         answer_temperature: float,
         max_answer_tokens: int,
         learn_exits: bool = False,
+        exit_temperature: float = 1.0,
     ) -> Trajectory:
         """Roll out one shard; sample i draws only from ``torch.Generator().manual_seed(seeds[i])``."""
         head_kind = self.model.heads["thought"].kind
@@ -125,4 +126,5 @@ class RolloutWorker:
             weights_version=self.version,
             metadata=metadata,
             learn_exits=learn_exits,
+            exit_temperature=exit_temperature,
         )

@@ -216,7 +216,7 @@ class RLRun:
             traj = self.pool.rollout(
                 self.requests(self.step, r, n), policy=cfg.latent.policy, policy_kwargs=self.policy_kwargs,
                 answer_temperature=rl.answer_temperature, max_answer_tokens=cfg.eval.max_new_tokens,
-                learn_exits=cfg.latent.learn_exits,
+                learn_exits=cfg.latent.learn_exits, exit_temperature=cfg.latent.exit_temperature,
             )  # fmt: skip
             t1 = time.perf_counter()
             scored = score(samples_of(traj), self.reward_specs, on_error=rl.on_reward_error)
@@ -312,7 +312,7 @@ class RLRun:
         sampled = self.pool.rollout(
             reqs, policy=cfg.latent.policy, policy_kwargs=self.policy_kwargs,
             answer_temperature=rl.answer_temperature, max_answer_tokens=cfg.eval.max_new_tokens,
-            learn_exits=cfg.latent.learn_exits,
+            learn_exits=cfg.latent.learn_exits, exit_temperature=cfg.latent.exit_temperature,
         )  # fmt: skip
         ok = [answers_match(extract_answer(a), r.target) for a, r in zip(sampled.answers, reqs)]
         counts = [sum(ok[p * rl.eval_n : (p + 1) * rl.eval_n]) for p in range(len(rows))]

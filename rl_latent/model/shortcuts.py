@@ -31,6 +31,7 @@ path). Choices where the paper is silent are in docs/decisions.md.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,6 +250,17 @@ class StepOut:
         return self.exit_layer
 
 
+def exit_scale(lam: float | None, temperature: float = 1.0) -> tuple[float, float]:
+    """``(c, T)`` of the sampled exit policy ``Bernoulli(sigmoid((z - c) / T))`` (``z``: a router's logit),
+    with ``c = logit(lambda)``: the policy's mode is the greedy decode's ``w > lambda``, and ``T < 1`` keeps
+    samples near it (only routers with ``|z - c| <~ T`` explore). ``lambda`` None (nothing exits greedily)
+    centres on 1/2. ``(0, 1)`` is ``Bernoulli(w)``, Wang et al.'s router output read as a probability."""
+    if not temperature > 0:
+        raise ValueError(f"exit temperature {temperature} must be > 0")
+    lam = 0.5 if lam is None else min(max(float(lam), 1e-6), 1 - 1e-6)
+    return math.log(lam / (1 - lam)), float(temperature)
+
+
 def shortcut_step(
     model: Any,
     inputs_embeds: Tensor,
@@ -261,6 +273,7 @@ def shortcut_step(
     lam: float | None = None,
     exits: Tensor | None = None,
     uniforms: Tensor | None = None,
+    scale: tuple[float, float] = (0.0, 1.0),
     deferred: list | None = None,
 ) -> StepOut:
     """Run one new position (``inputs_embeds`` [B, 1, d]) through the stack with shortcuts, on ``cache``.
@@ -268,10 +281,11 @@ def shortcut_step(
     Soft (``lam`` None, ``exits`` None): training's blend, differentiable in the router and adapter weights.
     Hard: a row exits at the first router layer with ``w > lam``; ``exits`` [B] (a router layer per row, or
     n_layer for none) imposes the exit layers instead. ``uniforms`` [B, routers] samples them as RL actions:
-    router k exits when ``u_k < w_k`` (a Bernoulli(w) draw), and ``exit_logp`` sums each row's
-    ``log w`` / ``log(1 - w)`` over the routers it reached (fp32, from log-sigmoids). ``prev`` holds the
-    previous position's states x_0..x_L, ``context`` [B, d] its final normed state (``StepOut.hidden``;
-    routers with ``router_prev`` read it) and ``latent`` [B] marks rows whose input is a latent thought.
+    router k exits when ``u_k < q_k``, ``q = sigmoid((z - c) / T)`` with ``(c, T) = scale`` (see
+    :func:`exit_scale`; the default is ``q = w``), and ``exit_logp`` sums each row's ``log q`` /
+    ``log(1 - q)`` over the routers it reached (fp32, from log-sigmoids). ``prev`` holds the previous
+    position's states x_0..x_L, ``context`` [B, d] its final normed state (``StepOut.hidden``; routers with
+    ``router_prev`` read it) and ``latent`` [B] marks rows whose input is a latent thought.
 
     ``deferred`` (a list the caller keeps across the positions of one decode, batch 1 only) postpones an
     exited position's key/value copies (``DecoderAdapter.cache_kv``) until a later position runs a block: a
@@ -292,11 +306,11 @@ def shortcut_step(
         x, ctx = ad.begin(inputs_embeds, attention_mask, pos, cache, True)
         x = x[:, 0]
     if hard and B == 1:
-        out = _hard_one(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms, deferred)
+        out = _hard_one(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms, scale, deferred)
     elif not hard:
         out = _soft(sc, ad, x, ctx, prev, latent, off)
     else:
-        out = _hard_batch(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms)
+        out = _hard_batch(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms, scale)
     out.hidden = ad.final_norm(out.top)
     out.logits = ad.lm_head(out.hidden)
     return out
@@ -338,7 +352,7 @@ def _soft(sc, ad, x, ctx, prev, latent, off) -> StepOut:
                    expected_layers=expected)  # fmt: skip
 
 
-def _hard_batch(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms) -> StepOut:
+def _hard_batch(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms, scale) -> StepOut:
     """Hard decisions for a batch: rows leave at their own layers, selected with masks."""
     B, L = x.shape[0], len(ad.layers)
     states = [x]
@@ -357,6 +371,7 @@ def _hard_batch(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms) -> Step
                 if uniforms is None:
                     go = torch.sigmoid(z) > lam
                 else:
+                    z = (z - scale[0]) / scale[1]
                     go = uniforms[:, sc.layers.index(li)].to(z.device) < torch.sigmoid(z)
                     step_lp = torch.where(go, F.logsigmoid(z), F.logsigmoid(-z))
                     exit_logp = exit_logp + (torch.where(done, 0.0, step_lp) if any_done else step_lp)
@@ -390,7 +405,7 @@ def _hard_batch(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms) -> Step
     return StepOut(logits=None, hidden=None, states=states, top=x, exit_layer=exit_layer, exit_logp=exit_logp)
 
 
-def _hard_one(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms, deferred) -> StepOut:
+def _hard_one(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms, scale, deferred) -> StepOut:
     """:func:`_hard_batch` for one row, decided in Python: the same arithmetic and decisions (compared in
     fp32, as the batched path compares tensors), without the masks and selects, which at batch 1 cost about
     what the blocks do."""
@@ -405,11 +420,11 @@ def _hard_one(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms, deferred)
                 go = exit_at == li
             else:
                 z = _router(sc, li, x, off)
-                w = float(torch.sigmoid(z))
                 if uniforms is None:
-                    go = w > lam32
+                    go = float(torch.sigmoid(z)) > lam32
                 else:
-                    go = float(uniforms[0, sc.layers.index(li)]) < w
+                    z = (z - scale[0]) / scale[1]
+                    go = float(uniforms[0, sc.layers.index(li)]) < float(torch.sigmoid(z))
                     exit_logp = exit_logp + F.logsigmoid(z if go else -z)
             if go:
                 s = sc.exit_state(li, x, None if prev is None else prev[li], latent)
@@ -430,14 +445,20 @@ def _hard_one(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms, deferred)
 
 
 def shortcut_forward(
-    model: Any, inputs_embeds: Tensor, attention_mask: Tensor, exits: Tensor, latent: Tensor
+    model: Any,
+    inputs_embeds: Tensor,
+    attention_mask: Tensor,
+    exits: Tensor,
+    latent: Tensor,
+    scale: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[Tensor, Tensor, Tensor]:
     """A whole sequence with the exit layer of every position given (``exits`` [B, T], n_layer = none): the
     replay of a decode that ran :func:`shortcut_step` position by position. Block l computes keys/values of
     every position's state entering it, an exited position's state at its exit layer (as in decode), and
     keeps its output only where the position still computes; the step shortcut reads position t-1's state
     at the same layer. Returns logits [B, T, V], the final normed state [B, T, d] and the log-prob of the exit
-    decisions [B, T] (summed Bernoulli log w / log(1 - w) over the routers each position reached, fp32).
+    decisions [B, T] (summed Bernoulli log q / log(1 - q) over the routers each position reached, fp32;
+    ``q = sigmoid((z - c) / T)`` with ``(c, T) = scale``, as the decode sampled them).
     The exits are given, so routers are evaluated after the sweep: with ``router_prev`` they read position
     t-1's final state, which the sweep computes last."""
     sc, ad, L = model.heads[SHORTCUT_NAME], model.adapter, model.num_layers
@@ -466,10 +487,10 @@ def shortcut_forward(
     off = sc.offsets(latent, torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1))  # reads position t-1's state
     logp = torch.zeros(exits.shape, dtype=torch.float32, device=x.device)
     for li, (xl, gone) in read.items():
-        z = _router(sc, li, xl, off)
+        z = (_router(sc, li, xl, off) - scale[0]) / scale[1]
         logp = logp + torch.where(gone, 0.0, torch.where(exits == li, F.logsigmoid(z), F.logsigmoid(-z)))
     return ad.lm_head(hidden), hidden, logp
 
 
-__all__ = ["SHORTCUT_NAME", "Adapter", "Router", "Shortcuts", "StepOut", "has_shortcuts",
+__all__ = ["SHORTCUT_NAME", "Adapter", "Router", "Shortcuts", "StepOut", "exit_scale", "has_shortcuts",
            "shortcut_exit_at", "shortcut_forward", "shortcut_step"]  # fmt: skip

@@ -239,9 +239,11 @@ def test_grpo_learns_system15_exits_as_actions(ray_local, tiny_latent_dirs, tmp_
 
 def test_exit_only_rl_trains_the_routers_and_leaves_the_backbone(ray_local, tiny_latent_dirs, tmp_path):
     """configs/system15-rl-quickstart.yaml (rl.trainable=routers, greedy thoughts and answers): the exits
-    are the only actions, the routers the only weights that move (the adapters stay the start's)."""
+    are the only actions, the routers the only weights that move (the adapters stay the start's). Sampled at
+    exit temperature 0.5, which the replay (log-prob gap) reads off the workers' trajectories."""
     out = tmp_path / "exit-only"
     extra = {
+        "latent.exit_temperature": 0.5,
         "rl.workers": 1,
         "rl.trainer_cpus": 1,
         "rl.rewards": "[correct, {name: compute, kwargs: {unit: layer_evals}}]",

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from rl_latent.model import LatentReasoner
-from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts, shortcut_step
+from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts, exit_scale, shortcut_step
 from rollouts.sampler import rollout
+from rollouts.trajectory import Trajectory
 from tests.rollouts.latent_fixtures import QUESTIONS, make_latent_model
 
 ARCHS = ["llama", "gpt2"]
@@ -225,12 +226,46 @@ def test_checkpoint_round_trip_keeps_shortcuts_and_lambda(tmp_path, step_positio
     )  # lambda 0.3 exits somewhere
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+@torch.no_grad()
+def test_tempered_exits_are_bernoulli_of_the_centred_logit_and_their_mode_is_the_greedy_decode(arch):
+    """q = sigmoid((z - logit(lambda)) / T) at each router reached: frequencies (Monte Carlo, 4000 rows) and
+    log-probs (closed form) of exiting at router 0, at router 1 and not at all, batched and one row alone."""
+    z = 0.4  # every router's logit (no offsets, zero last layer): w = 0.599
+    model = with_shortcuts(arch, router_bias=z)
+    assert exit_scale(0.5) == (0.0, 1.0)  # Bernoulli(w)
+    for lam in (0.5, 0.7):  # the mode exits exactly where the greedy decode (w > lambda) does
+        c, T = exit_scale(lam, 0.3)
+        assert (torch.sigmoid(torch.tensor((z - c) / T)) > 0.5) == (torch.sigmoid(torch.tensor(z)) > lam)
+    c, T = exit_scale(0.7, 0.5)
+    q = torch.sigmoid(torch.tensor((z - c) / T))
+    want = {0: (q, q.log()), 1: ((1 - q) * q, (1 - q).log() + q.log()), 2: ((1 - q) ** 2, 2 * (1 - q).log())}
+    N = 4000
+    cache, _, prev, x, mask = _next_position(model)
+    cache.reorder_cache(torch.zeros(N, dtype=torch.long))
+    u = torch.rand(N, 2, generator=torch.Generator().manual_seed(0))
+    rep = lambda t: t.expand(N, *t.shape[1:])  # noqa: E731
+    out = shortcut_step(model, rep(x), rep(mask), cache, prev=[None if p is None else rep(p) for p in prev],
+                        uniforms=u, scale=(c, T))  # fmt: skip
+    for layer, (p, lp) in want.items():
+        at = out.exit_layer == layer
+        assert abs(at.float().mean() - p) < 4 * (p * (1 - p) / N) ** 0.5
+        torch.testing.assert_close(out.exit_logp[at], lp.expand(int(at.sum())), atol=1e-6, rtol=0)
+    for i in range(6):  # one row decides in Python: the same draws give the same exits and log-probs
+        one, _, prev1, _, _ = _next_position(model)
+        o = shortcut_step(model, x, mask, one, prev=prev1, uniforms=u[i : i + 1], scale=(c, T))
+        assert int(o.exit_layer[0]) == int(out.exit_layer[i])
+        torch.testing.assert_close(o.exit_logp, out.exit_logp[i : i + 1], atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize(
-    "arch,step_positions,new_routers",
-    [("llama", "latent", False), ("gpt2", "latent", False), ("llama", "all", True)],
+    "arch,step_positions,new_routers,tempered",
+    [("llama", "latent", False, False), ("gpt2", "latent", False, False), ("llama", "all", True, True)],
 )
 @torch.no_grad()
-def test_sampled_exits_replay_within_1e4_and_are_part_of_the_trajectory(arch, step_positions, new_routers):
+def test_sampled_exits_replay_within_1e4_and_are_part_of_the_trajectory(
+    arch, step_positions, new_routers, tempered
+):
     from rollouts.replay import logprob_gap, replay
     from rollouts.sampler import make_policy
 
@@ -242,13 +277,22 @@ def test_sampled_exits_replay_within_1e4_and_are_part_of_the_trajectory(arch, st
     policy = make_policy("soft", "gumbel", tau=0.5)
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(len(QUESTIONS))]  # noqa: E731
     kw = dict(policy=policy, max_answer_tokens=6, answer_temperature=1.0, learn_exits=True)
+    if tempered:  # centred on lambda 0.55, at temperature 0.5: the replay reads the scale off the trajectory
+        kw.update(lam=0.55, exit_temperature=0.5)
     traj = rollout(model, QUESTIONS, generators=gens(), **kw)
+    assert traj.exit_scale == (exit_scale(0.55, 0.5) if tempered else (0.0, 1.0))
     n_fed = traj.latent_steps + traj.answer_mask.sum(1)  # z_1..z_n, <eot>, a_0..a_{A-2}
     assert torch.equal(traj.exit_mask.sum(1), n_fed)
     assert len(set(traj.exit_layers[traj.exit_mask].tolist())) == model.num_layers + 1  # 0, 1 and none
     assert bool((traj.exit_logp[traj.exit_mask] < 0).all())
     new = replay(model, traj, policy)
     assert logprob_gap(traj, new) <= 1e-4
+    parts = [traj.select([0]), traj.select(list(range(1, len(traj))))]  # minibatches and worker shards
+    joined = Trajectory.concat(parts)
+    assert joined.exit_scale == traj.exit_scale and logprob_gap(joined, replay(model, joined, policy)) <= 1e-4
+    parts[0].exit_scale = (0.3, 2.0)
+    with pytest.raises(ValueError, match="exit scales"):
+        Trajectory.concat(parts)
     torch.testing.assert_close(new.total(traj), traj.logp(), atol=1e-4, rtol=0)
     assert bool((traj.logp() < (traj.logp() - (traj.exit_logp * traj.exit_mask).sum(-1)) + 1e-6).all())
     traj.exit_logp, traj.exit_mask, traj.exit_layers = None, None, None  # replay as if nothing had exited
