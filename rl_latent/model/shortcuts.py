@@ -323,10 +323,13 @@ def _flush(ad: Any, deferred: list) -> None:
     deferred.clear()
 
 
-def _router(sc: Shortcuts, li: int, x: Tensor, off: Tensor | None) -> Tensor:
+def _router(
+    sc: Shortcuts, li: int, x: Tensor, off: Tensor | None, scale: tuple[float, float] | None = None
+) -> Tensor:
     """Router logit ``z`` at layer ``li`` (fp32) of states ``x`` [..., d] with their offsets ``off`` [..., R]
-    (see ``Shortcuts.offsets``)."""
-    return sc.routers[str(li)](x, None if off is None else off[..., sc.layers.index(li)]).float()
+    (see ``Shortcuts.offsets``); with ``scale = (c, T)`` the sampled exit's logit ``(z - c) / T``."""
+    z = sc.routers[str(li)](x, None if off is None else off[..., sc.layers.index(li)]).float()
+    return z if scale is None else (z - scale[0]) / scale[1]
 
 
 def _soft(sc, ad, x, ctx, prev, latent, off) -> StepOut:
@@ -367,11 +370,10 @@ def _hard_batch(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms, scale) 
             if exits is not None:
                 go = exits == li
             else:
-                z = _router(sc, li, x, off)
+                z = _router(sc, li, x, off, None if uniforms is None else scale)
                 if uniforms is None:
                     go = torch.sigmoid(z) > lam
                 else:
-                    z = (z - scale[0]) / scale[1]
                     go = uniforms[:, sc.layers.index(li)].to(z.device) < torch.sigmoid(z)
                     step_lp = torch.where(go, F.logsigmoid(z), F.logsigmoid(-z))
                     exit_logp = exit_logp + (torch.where(done, 0.0, step_lp) if any_done else step_lp)
@@ -419,11 +421,10 @@ def _hard_one(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms, scale, de
             if exit_at is not None:
                 go = exit_at == li
             else:
-                z = _router(sc, li, x, off)
+                z = _router(sc, li, x, off, None if uniforms is None else scale)
                 if uniforms is None:
                     go = float(torch.sigmoid(z)) > lam32
                 else:
-                    z = (z - scale[0]) / scale[1]
                     go = float(uniforms[0, sc.layers.index(li)]) < float(torch.sigmoid(z))
                     exit_logp = exit_logp + F.logsigmoid(z if go else -z)
             if go:
@@ -487,7 +488,7 @@ def shortcut_forward(
     off = sc.offsets(latent, torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1))  # reads position t-1's state
     logp = torch.zeros(exits.shape, dtype=torch.float32, device=x.device)
     for li, (xl, gone) in read.items():
-        z = (_router(sc, li, xl, off) - scale[0]) / scale[1]
+        z = _router(sc, li, xl, off, scale)
         logp = logp + torch.where(gone, 0.0, torch.where(exits == li, F.logsigmoid(z), F.logsigmoid(-z)))
     return ad.lm_head(hidden), hidden, logp
 
