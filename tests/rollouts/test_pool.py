@@ -34,7 +34,9 @@ def _local(model_dir: str, reqs: list[Request]):
 def _same(a, b) -> None:
     assert a.answers == b.answers
     assert torch.equal(a.latent_steps, b.latent_steps)
-    torch.testing.assert_close(a.logp(), b.logp(), atol=1e-5, rtol=0)
+    # summed log-probs reach ~60, where one fp32 ulp is 4e-6: a worker's shard and the local batch round
+    # their matmuls differently (batch composition), so allow a few ulps relative to the size
+    torch.testing.assert_close(a.logp(), b.logp(), atol=1e-5, rtol=1e-6)
 
 
 def test_shard_covers_everything_once():
@@ -56,9 +58,10 @@ def test_two_workers_give_what_one_process_gives(ray_local, tiny_latent_dirs):
 
 def test_weights_sync_is_versioned_and_checked(ray_local, tiny_latent_dirs):
     model = LatentReasoner.from_pretrained(tiny_latent_dirs["soft"])
+    g = torch.Generator().manual_seed(0)  # the same moved weights every run
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
     state = to_numpy_state(model.state_dict())
     pool = RolloutPool(tiny_latent_dirs["soft"], workers=2)
     try:
