@@ -174,6 +174,10 @@ def rollout(
     scale = exit_scale(lam, exit_temperature) if sample_exits else (0.0, 1.0)
     shortcuts = sample_exits or lam is not None or static is not None
     prev = states[:-1] + [None] if shortcuts else None
+    # the next position's index per row, kept here (shortcut_step would derive it from the growing mask) and
+    # no mask for it at all while no row has padding (one unpadded prompt: every position attends to all)
+    pos = model.position_ids_from_mask(mask)[:, -1:] if shortcuts else None
+    unpadded = shortcuts and bool(mask.all())
     deferred: list = []  # exited positions' key/value copies, made once a later position runs a block
     layers_run: list[list[int]] = [[model.num_layers] for _ in range(B)]  # the prompt's last position: full
     exit_record: list[list[tuple[int, float]]] = [[] for _ in range(B)]  # per fed position: (layer, log-prob)
@@ -247,9 +251,10 @@ def rollout(
                 lambda p, g, n=n_r: (torch.rand(p.shape[0], n, generator=g, device=p.device),), nxt,
                 generators, generator,
             )  # fmt: skip
+        pos = pos + (1 if all(live) else torch.tensor(live, device=device)[:, None])  # a finished row stays
         so = shortcut_step(
-            model, nxt[:, None], mask, cache, prev=prev, latent=latent_in, context=h, lam=lam, exits=static,
-            uniforms=u, scale=scale, deferred=deferred,
+            model, nxt[:, None], None if unpadded and all(live) else mask, cache, prev=prev, latent=latent_in,
+            context=h, lam=lam, exits=static, uniforms=u, scale=scale, deferred=deferred, position_ids=pos,
         )  # fmt: skip
         prev = so.states
         logits, h = so.logits.float(), so.hidden

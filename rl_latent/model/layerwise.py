@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
@@ -76,6 +77,7 @@ class DecoderAdapter:
         self.lm = lm
         self._kv: tuple[tuple, KVStack] | None = None
         self._kv_params: list[nn.Parameter] | None = None
+        self._rotary_table: tuple | None = None  # (key, cos [n, head_dim], sin): see LlamaLikeAdapter._rotary
 
     @property
     def base(self) -> nn.Module:
@@ -234,7 +236,7 @@ class LlamaLikeAdapter(DecoderAdapter):
 
     def begin(self, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache):
         masks = self._causal_masks(inputs_embeds, attention_mask, position_ids, past_key_values)
-        rotary = self.base.rotary_emb(inputs_embeds, position_ids)
+        rotary = self._rotary(inputs_embeds, position_ids)
         ctx = LayerContext(masks, position_ids, past_key_values, use_cache, {"position_embeddings": rotary})
         return inputs_embeds, ctx
 
@@ -250,6 +252,26 @@ class LlamaLikeAdapter(DecoderAdapter):
 
     def final_norm(self, hidden):
         return self.base.norm(hidden)
+
+    def _rotary(self, inputs_embeds, position_ids):
+        """The rotary module's ``(cos, sin)`` at ``position_ids``. A decode step (one new position per row, no
+        autograd) reads them from a table the module computed once for positions 0..n-1: it computes every
+        position elementwise, on its own, so a row of the table is what a call for that position returns
+        (tested bit for bit). Rotary types that change their frequencies with the length (dynamic, longrope)
+        always call the module. At batch 1 the module's call costs about what a router does."""
+        rot = self.base.rotary_emb
+        kind = getattr(rot, "rope_type", None)
+        static = isinstance(kind, str) and "dynamic" not in kind and kind != "longrope"
+        if inputs_embeds.shape[1] != 1 or torch.is_grad_enabled() or not static:
+            return rot(inputs_embeds, position_ids)
+        need = int(position_ids.max()) + 1
+        key = (rot.inv_freq.data_ptr(), rot.inv_freq._version, inputs_embeds.dtype, inputs_embeds.device)
+        table = self._rotary_table
+        if table is None or table[0] != key or len(table[1]) < need:
+            n = max(need, 2 * (0 if table is None else len(table[1])), self.lm.config.max_position_embeddings)
+            cos, sin = rot(inputs_embeds[:1], torch.arange(n, device=inputs_embeds.device)[None])
+            self._rotary_table = table = (key, cos[0], sin[0])
+        return F.embedding(position_ids, table[1]), F.embedding(position_ids, table[2])
 
     def _kv_modules(self, idx):
         attn = self.layers[idx].self_attn

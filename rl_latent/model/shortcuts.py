@@ -32,6 +32,7 @@ path). Choices where the paper is silent are in docs/decisions.md.
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,7 +265,7 @@ def exit_scale(lam: float | None, temperature: float = 1.0) -> tuple[float, floa
 def shortcut_step(
     model: Any,
     inputs_embeds: Tensor,
-    attention_mask: Tensor,
+    attention_mask: Tensor | None,
     cache: Any,
     *,
     prev: list[Tensor] | None = None,
@@ -275,6 +276,7 @@ def shortcut_step(
     uniforms: Tensor | None = None,
     scale: tuple[float, float] = (0.0, 1.0),
     deferred: list | None = None,
+    position_ids: Tensor | None = None,
 ) -> StepOut:
     """Run one new position (``inputs_embeds`` [B, 1, d]) through the stack with shortcuts, on ``cache``.
 
@@ -292,11 +294,17 @@ def shortcut_step(
     position reads the cache only inside the blocks it runs, so copies no later block reads (those of the
     positions after the last one that runs a block) are never made. The cache is complete whenever a block
     runs, not after the last position; pass None (the default) when the cache is read afterwards.
+
+    ``position_ids`` [B, 1] is the new position's index, derived from ``attention_mask`` (past and new
+    columns) when not given; a caller that tracks it saves that work, and then may pass ``attention_mask``
+    None when no row has padding (every row attends to its whole cache).
     """
     sc = model.heads[SHORTCUT_NAME]
     off = sc.offsets(latent, context)
     ad = model.adapter
-    pos = model.position_ids_from_mask(attention_mask)[:, -1:]
+    if position_ids is None and attention_mask is None:
+        raise ValueError("shortcut_step needs position_ids or an attention_mask to derive them from")
+    pos = model.position_ids_from_mask(attention_mask)[:, -1:] if position_ids is None else position_ids
     x, ctx = ad.begin(inputs_embeds, attention_mask, pos, cache, True)
     x = x[:, 0]
     B = x.shape[0]
@@ -328,7 +336,8 @@ def _router(
 ) -> Tensor:
     """Router logit ``z`` at layer ``li`` (fp32) of states ``x`` [..., d] with their offsets ``off`` [..., R]
     (see ``Shortcuts.offsets``); with ``scale = (c, T)`` the sampled exit's logit ``(z - c) / T``."""
-    z = sc.routers[str(li)](x, None if off is None else off[..., sc.layers.index(li)]).float()
+    z = sc.routers[str(li)](x, None if off is None else off[..., sc.layers.index(li)])
+    z = z if z.dtype == torch.float32 else z.float()  # a dtype check costs less than a no-op cast
     return z if scale is None else (z - scale[0]) / scale[1]
 
 
@@ -407,6 +416,12 @@ def _hard_batch(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms, scale) 
     return StepOut(logits=None, hidden=None, states=states, top=x, exit_layer=exit_layer, exit_logp=exit_logp)
 
 
+def _fp32(v: float) -> float:
+    """``v`` rounded to fp32, as ``torch.tensor(v, dtype=torch.float32)`` rounds it (to nearest), without
+    making a tensor: the one-row path asks at every decoded position."""
+    return struct.unpack("f", struct.pack("f", v))[0]
+
+
 def _hard_one(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms, scale, deferred) -> StepOut:
     """:func:`_hard_batch` for one row, decided in Python: the same arithmetic and decisions (compared in
     fp32, as the batched path compares tensors), without the masks and selects, which at batch 1 cost about
@@ -414,7 +429,7 @@ def _hard_one(sc, ad, x, ctx, prev, latent, off, lam, exits, uniforms, scale, de
     L = len(ad.layers)
     states = [x]
     exit_at = None if exits is None else int(exits[0])
-    lam32 = None if lam is None else float(torch.tensor(lam, dtype=torch.float32))  # `w > lam` is in fp32
+    lam32 = None if lam is None else _fp32(lam)  # `w > lam` is in fp32
     exit_logp = torch.zeros(1, dtype=torch.float32, device=x.device)
     for li in range(L):
         if li in sc.layers:

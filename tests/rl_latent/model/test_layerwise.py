@@ -180,3 +180,27 @@ def test_cache_kv_refuses_lora_wrapped_projections(word_tokenizer):
     _, ctx = ad.begin(x, one, zero, cache, True)
     with pytest.raises(NotImplementedError, match="merge"):
         ad.cache_kv(0, x, ctx)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_a_decode_step_reads_the_rotary_modules_own_values_from_its_table(arch, word_tokenizer):
+    model = tiny(arch, word_tokenizer)
+    adapter, rot = get_adapter(model.lm), model.lm.model.rotary_emb
+    n = model.lm.config.max_position_embeddings
+    x = torch.zeros(3, 1, model.hidden_size)
+    with torch.no_grad():
+        for pos in ([[0], [5], [n - 1]], [[n + 7], [1], [2 * n + 3]]):  # the second grows the table
+            pos = torch.tensor(pos)
+            mine, theirs = adapter._rotary(x, pos), rot(x, pos)
+            assert all(torch.equal(a, b) and a.shape == b.shape for a, b in zip(mine, theirs))
+        table = adapter._rotary_table
+        adapter._rotary(x, torch.tensor([[3], [4], [5]]))
+        assert adapter._rotary_table is table, "a position the table holds does not rebuild it"
+        with torch.no_grad():
+            rot.inv_freq.mul_(2.0)  # the module's frequencies changed: the table follows
+        pos = torch.tensor([[2], [9], [4]])
+        assert all(torch.equal(a, b) for a, b in zip(adapter._rotary(x, pos), rot(x, pos)))
+    # under autograd, and for several positions per row, the module itself runs
+    pos = torch.tensor([[2, 3]] * 3)
+    x2 = torch.zeros(3, 2, model.hidden_size)
+    assert all(torch.equal(a, b) for a, b in zip(adapter._rotary(x2, pos), rot(x2, pos)))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rl_latent.model import LatentReasoner
-from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts, exit_scale, shortcut_step
+from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts, _fp32, exit_scale, shortcut_step
 from rollouts.sampler import rollout
 from rollouts.trajectory import Trajectory
 from tests.rollouts.latent_fixtures import QUESTIONS, make_latent_model
@@ -349,3 +349,9 @@ def test_a_router_reading_the_previous_position_moves_with_its_context_only():
     c = sc.context(h)  # layer-normed without weights: the scale of the final state does not matter
     torch.testing.assert_close(c, sc.context(3 * h + 1), atol=1e-5, rtol=0)
     assert Shortcuts(16, 2, [0, 1]).context(h) is None and sc.context(None) is None
+
+
+def test_the_one_row_threshold_rounds_lambda_to_fp32_as_torch_does():
+    rng = torch.Generator().manual_seed(0)
+    values = torch.rand(2000, generator=rng, dtype=torch.float64).tolist() + [0.7, 0.1, 1 / 3, 0.5, 1e-6]
+    assert all(_fp32(v) == float(torch.tensor(v, dtype=torch.float32)) for v in values)
