@@ -19,7 +19,6 @@ import importlib.util
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +42,6 @@ def main() -> None:
 
     from rl_latent.config import load_config, stage_config
     from rl_latent.data.build import load_splits
-    from rl_latent.evaluate import evaluate
     from rl_latent.model import LatentReasoner
 
     cfg = stage_config(load_config(args.config, [*DEFAULTS, *args.overrides]), "cot_sft")
@@ -57,14 +55,7 @@ def main() -> None:
         models[name] = LatentReasoner.from_pretrained(str(path))
     models["system15"].latent_extra["shortcut"]["lam"] = args.lam
     kw = dict(max_new_tokens=cfg.eval.max_new_tokens, progress=False, latent=cfg.latent, batch_size=1)
-    for m in models.values():  # warm-up: first calls pay setup
-        evaluate(m, test, max_problems=3, **kw)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(args.repeats):
-        for name, m in models.items():
-            t0 = time.perf_counter()
-            evaluate(m, test, max_problems=args.problems, **kw)
-            times[name].append(round(1000 * (time.perf_counter() - t0) / args.problems, 2))
+    times = bench_shortcuts.bench_latent.alternate(models, test, args.problems, args.repeats, kw)
     med = {k: statistics.median(v) for k, v in times.items()}
     others = [k for k in models if k != "system15"]
     out = {

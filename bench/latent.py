@@ -153,6 +153,24 @@ def measure(
     return out, steps
 
 
+def alternate(models: dict, test, problems: int, rounds: int, kw: dict) -> dict[str, list[float]]:
+    """Batch-1 ms per problem of each model, timed in rounds: every round times each model once on the same
+    ``problems`` (one at a time, as ``latency_b1_ms``), seconds apart, so a slow spell of a shared CPU hits
+    all of them. ``measure`` times one model's repeats in a row, minutes from the next model's: the ratio of
+    two of its latencies moved 6.2x-11.4x across runs of the same models, alternated medians' 7.6x-9.6x."""
+    from rl_latent.evaluate import evaluate
+
+    for m in models.values():  # warm-up: first calls pay setup
+        evaluate(m, test, max_problems=min(3, problems), **kw)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(rounds):
+        for name, m in models.items():
+            t0 = time.perf_counter()
+            evaluate(m, test, max_problems=problems, **kw)
+            times[name].append(round(1000 * (time.perf_counter() - t0) / problems, 2))
+    return times
+
+
 def score_file(model_dir: str, path: str, cfg) -> dict:
     from rl_latent.data.build import load_eval_data
     from rl_latent.evaluate import evaluate

@@ -23,6 +23,7 @@ def test_shortcuts_bench_prints_one_json_object_and_a_plot(tmp_path):
     cmd = [
         sys.executable, str(REPO / "bench/shortcuts.py"), "--task-seed", "3", "--difficulty", "1",
         "--steps", "cot_sft=2,codi=2,system15=2", "--lams", "0.2,1.0", "--latency-problems", "2",
+        "--latency-rounds", "2",
         "--rl-budget-s", "3",
         "--out", str(tmp_path / "bench"), "data.n_train=64", "data.n_valid=4", "data.n_test=8",
         "model.n_layer=2", "model.n_embd=32", "model.n_head=2", "train.batch_size=8",
@@ -51,7 +52,16 @@ def test_shortcuts_bench_prints_one_json_object_and_a_plot(tmp_path):
         r = res[f"system15_depth@{li}"]
         assert r["layer_evals"] == pytest.approx(2 + (r["positions"] - 1) * li, abs=0.01), li
     assert res["task"]["nl_cot"] is True and res["task"]["seed"] == 3
-    assert "best" in res["targets"]
+    best = res["targets"]["best"]
+    if best:  # the latency target reads CoT-SFT and that setting timed in alternation
+        alt = res["latency_alternated"]
+        assert alt["setting"] == best and set(alt["latency_b1_ms"]) == {"cot_sft", best}
+        assert all(len(v["runs"]) == 2 for v in alt["latency_b1_ms"].values())
+        med = {k: v["median"] for k, v in alt["latency_b1_ms"].items()}
+        assert alt["speedup"] == pytest.approx(med["cot_sft"] / med[best], abs=0.01)
+        assert res["targets"]["latency_b1_speedup_vs_cot_sft"] == alt["speedup"]
+        alone = res["cot_sft"]["latency_b1_ms"] / res[best]["latency_b1_ms"]
+        assert res["targets"]["latency_b1_speedup_timed_alone"] == pytest.approx(alone, abs=0.01)
     for lam in ("0.2", "1"):  # GRPO with learned exits ran, then the same measurements
         assert KEYS <= set(res[f"system15_rl@{lam}"]) and res[f"system15_rl@{lam}"]["steps"] >= 1
     # RL learned the exits only: with none taken (lambda 1) it decodes exactly as the model it started from
