@@ -19,8 +19,7 @@ prompt's last and the critical ones): the most that exits at the other positions
 ``l`` through its adapter (a static depth, routers ignored): how much of the top of the stack an adapter
 can stand in for, the ceiling on exits at critical positions. ``latency_alternated`` times CoT-SFT and the
 System-1.5 setting target 1 picks in alternation (``--latency-rounds``): the latency target's ratio. Prints
-one JSON object and writes
-``accuracy_vs_compute.png`` into ``--out``.
+one JSON object and writes ``accuracy_vs_compute.png`` into ``--out``.
 """
 
 from __future__ import annotations
