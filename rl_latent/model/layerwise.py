@@ -262,13 +262,15 @@ class LlamaLikeAdapter(DecoderAdapter):
         rot = self.base.rotary_emb
         kind = getattr(rot, "rope_type", None)
         static = isinstance(kind, str) and "dynamic" not in kind and kind != "longrope"
+        static = static and hasattr(rot, "inv_freq")
         if inputs_embeds.shape[1] != 1 or torch.is_grad_enabled() or not static:
             return rot(inputs_embeds, position_ids)
         need = int(position_ids.max()) + 1
         key = (rot.inv_freq.data_ptr(), rot.inv_freq._version, inputs_embeds.dtype, inputs_embeds.device)
         table = self._rotary_table
         if table is None or table[0] != key or len(table[1]) < need:
-            n = max(need, 2 * (0 if table is None else len(table[1])), self.lm.config.max_position_embeddings)
+            n = max(need, 2 * (0 if table is None else len(table[1])),
+                    getattr(self.lm.config, "max_position_embeddings", 0) or 0)  # fmt: skip
             cos, sin = rot(inputs_embeds[:1], torch.arange(n, device=inputs_embeds.device)[None])
             self._rotary_table = table = (key, cos[0], sin[0])
         return F.embedding(position_ids, table[1]), F.embedding(position_ids, table[2])

@@ -188,19 +188,20 @@ def test_a_decode_step_reads_the_rotary_modules_own_values_from_its_table(arch, 
     adapter, rot = get_adapter(model.lm), model.lm.model.rotary_emb
     n = model.lm.config.max_position_embeddings
     x = torch.zeros(3, 1, model.hidden_size)
+
+    def same(x, pos):
+        mine, theirs = adapter._rotary(x, pos), rot(x, pos)
+        return all(torch.equal(a, b) and a.shape == b.shape for a, b in zip(mine, theirs))
+
+    # under autograd, or with several positions per row, the module itself runs: no table
+    assert same(x, torch.tensor([[2]] * 3)) and adapter._rotary_table is None
     with torch.no_grad():
+        assert same(torch.zeros(3, 2, model.hidden_size), torch.tensor([[2, 3]] * 3))
+        assert adapter._rotary_table is None
         for pos in ([[0], [5], [n - 1]], [[n + 7], [1], [2 * n + 3]]):  # the second grows the table
-            pos = torch.tensor(pos)
-            mine, theirs = adapter._rotary(x, pos), rot(x, pos)
-            assert all(torch.equal(a, b) and a.shape == b.shape for a, b in zip(mine, theirs))
+            assert same(x, torch.tensor(pos))
         table = adapter._rotary_table
-        adapter._rotary(x, torch.tensor([[3], [4], [5]]))
+        assert same(x, torch.tensor([[3], [4], [5]]))
         assert adapter._rotary_table is table, "a position the table holds does not rebuild it"
-        with torch.no_grad():
-            rot.inv_freq.mul_(2.0)  # the module's frequencies changed: the table follows
-        pos = torch.tensor([[2], [9], [4]])
-        assert all(torch.equal(a, b) for a, b in zip(adapter._rotary(x, pos), rot(x, pos)))
-    # under autograd, and for several positions per row, the module itself runs
-    pos = torch.tensor([[2, 3]] * 3)
-    x2 = torch.zeros(3, 2, model.hidden_size)
-    assert all(torch.equal(a, b) for a, b in zip(adapter._rotary(x2, pos), rot(x2, pos)))
+        rot.inv_freq.mul_(2.0)  # the module's frequencies changed: the table follows
+        assert same(x, torch.tensor([[2], [9], [4]])) and adapter._rotary_table is not table
