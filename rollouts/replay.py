@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rl_latent.model.shortcuts import shortcut_forward
+from rl_latent.model.shortcut_decode import shortcut_forward
 from rl_latent.policy import LatentPolicy
 from rollouts.sampler import left_pad, prefill, thought_head
 from rollouts.trajectory import Trajectory

@@ -20,6 +20,7 @@ from torch import Tensor
 from rl_latent.compute import generation_compute
 from rl_latent.data.format import prompt_text
 from rl_latent.model.heads import HEAD_NAME
+from rl_latent.model.shortcut_decode import shortcut_step
 from rl_latent.model.shortcuts import (
     SHORTCUT_NAME,
     exit_scale,
@@ -27,7 +28,6 @@ from rl_latent.model.shortcuts import (
     shortcut_exit_at,
     shortcut_flops,
     shortcut_lambda,
-    shortcut_step,
 )
 from rl_latent.policy import LatentPolicy, get_policy
 from rollouts.trajectory import Trajectory
@@ -59,12 +59,8 @@ def make_policy(head_kind: str, name: str = "vanilla", **kwargs: float) -> Laten
         )
     if name == "dirichlet" and "dirichlet_floor" in kwargs:
         kwargs = {**kwargs, "floor": kwargs["dirichlet_floor"]}
-    allowed = {
-        "gumbel": ("tau",),
-        "dirichlet": ("concentration", "floor"),
-        "gaussian": ("std",),
-        "vanilla": (),
-    }
+    allowed = {"gumbel": ("tau",), "dirichlet": ("concentration", "floor"), "gaussian": ("std",),
+               "vanilla": ()}  # fmt: skip
     return get_policy(name, **{k: v for k, v in kwargs.items() if k in allowed[name]})
 
 

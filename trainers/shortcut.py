@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from rl_latent.config import ConfigError
 from rl_latent.model.heads import HEAD_NAME
-from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts, shortcut_step
+from rl_latent.model.shortcut_decode import shortcut_step
+from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts
 from rollouts.replay import replay_inputs
 from rollouts.sampler import latent_settings, rollout
 from trainers.common import categorical_kl, train_only_head

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rl_latent.model import LatentReasoner
-from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts, _fp32, exit_scale, shortcut_step
+from rl_latent.model.shortcut_decode import _fp32, shortcut_step
+from rl_latent.model.shortcuts import SHORTCUT_NAME, Shortcuts, exit_scale
 from rollouts.sampler import rollout
 from rollouts.trajectory import Trajectory
 from tests.rollouts.latent_fixtures import QUESTIONS, make_latent_model
