@@ -84,6 +84,18 @@ def test_shortcuts_bench_prints_one_json_object_and_a_plot(tmp_path):
                for v in lat["latency_b1_ms"].values())  # fmt: skip
     for k in ("cot_sft", "codi"):
         assert lat["over_system15"][k] == pytest.approx(med[k] / med["system15"], abs=0.01)
+    # bench/latency_ab.py times one model under two checkouts in turn (here the same one twice)
+    cmd = [
+        sys.executable, str(REPO / "bench/latency_ab.py"), "--b", str(REPO), "--run", str(tmp_path / "bench"),
+        "--lam", "0.2", "--problems", "2", "--rounds", "3", "data.seed=3", "data.difficulty=1",
+        "data.n_test=8", "eval.max_new_tokens=24",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ab = json.loads(out.stdout)
+    assert len(ab["a"]["ms"]) == len(ab["b"]["ms"]) == 3 and ab["b_over_a"] > 0
+    for key in ("accuracy", "layer_evals"):  # the same code decodes alike on both sides
+        assert ab["a"][key] == ab["b"][key], key
 
 
 def test_rl_target_ignores_a_dominated_lambda():
