@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rl_latent.model.gelu import GELU
+
 HEAD_NAME = "thought"
 
 
@@ -28,7 +30,7 @@ class Projection(nn.Module):
         super().__init__()
         d_hidden = d_hidden or d_model
         self.fc1 = nn.Linear(d_model, d_hidden)
-        self.act = nn.GELU()
+        self.act = GELU()
         self.fc2 = nn.Linear(d_hidden, d_model)
         self.norm = nn.LayerNorm(d_model)
 
@@ -84,7 +86,7 @@ class SoftHead(nn.Module):
         self.proj = Projection(d_model) if project else None
         self.res = None
         if residual:
-            self.res = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+            self.res = nn.Sequential(nn.Linear(d_model, d_model), GELU(), nn.Linear(d_model, d_model))
             nn.init.zeros_(self.res[2].weight)
             nn.init.zeros_(self.res[2].bias)
 

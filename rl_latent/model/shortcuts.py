@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rl_latent.model.gelu import GELU, gelu
+
 SHORTCUT_NAME = "shortcuts"
 
 
@@ -57,7 +59,7 @@ class Router(nn.Module):
     ) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.LayerNorm(d_model), nn.Linear(d_model, d_hidden), nn.GELU(), nn.Linear(d_hidden, 1)
+            nn.LayerNorm(d_model), nn.Linear(d_model, d_hidden), GELU(), nn.Linear(d_hidden, 1)
         )
         nn.init.constant_(self.net[-1].bias, -4.0)
         # 1-d, not a scalar: DeepSpeed broadcasts parameters as bytes, which a 0-d tensor cannot be viewed as
@@ -72,7 +74,7 @@ class Router(nn.Module):
         # per-module call overhead is most of its cost
         ln, fc1, _, fc2 = self.net
         h = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-        z = F.linear(F.gelu(F.linear(h, fc1.weight, fc1.bias)), fc2.weight, fc2.bias).squeeze(-1)
+        z = F.linear(gelu(F.linear(h, fc1.weight, fc1.bias)), fc2.weight, fc2.bias).squeeze(-1)
         return z if offset is None else z + offset
 
 
@@ -90,7 +92,7 @@ class Adapter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = F.layer_norm(x, self.norm.normalized_shape, self.norm.weight, self.norm.bias, self.norm.eps)
-        y = F.linear(F.gelu(F.linear(h, self.down.weight, self.down.bias)), self.up.weight, self.up.bias)
+        y = F.linear(gelu(F.linear(h, self.down.weight, self.down.bias)), self.up.weight, self.up.bias)
         return x + y if self.residual else y
 
 
