@@ -41,12 +41,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from rl_latent.config import load_config, stage_config
-    from rl_latent.data.build import load_splits
     from rl_latent.model import LatentReasoner
 
     cfg = stage_config(load_config(args.config, [*DEFAULTS, *args.overrides]), "cot_sft")
-    cfg.data.n_train = 0 if cfg.data.task == "arith" else cfg.data.n_train  # as bench/latent.py's measure
-    test = load_splits(cfg.data)["test"]
+    test = bench_shortcuts.bench_latent.test_split(cfg)
     models = {}
     for name, stage in MODELS.items():
         path = Path(args.run) / stage / "model"

@@ -7,10 +7,10 @@
 Two worker processes, one per checkout (each imports ``rl_latent`` and ``rollouts`` from its own tree), load
 the same model and test problems; every round each times ``--problems`` problems one at a time (greedy, as
 ``latency_b1_ms``), seconds apart, and which goes first alternates from round to round (on a shared CPU the
-second of a pair read ~2% slower). Single runs minutes apart differ by up to 30% here; this A/B's noise is
-~2% (the same code against itself, 16 rounds of 30 problems: 1.024, 1.007). Prints one JSON object: per side
-its checkout, its first evaluation's accuracy and layer evaluations (both sides should decode alike), its
-timings (ms per problem) and their median, and ``b_over_a``, the median of each round's ratio.
+second of a pair read ~2% slower). Single runs minutes apart differ by up to 30% here; this A/B's noise: the
+same code against itself read 0.944 to 1.024 (16 rounds of 30 problems, four runs). Prints one JSON object:
+per side its checkout, its first evaluation's accuracy and layer evaluations (both sides should decode
+alike), its timings (ms per problem) and their median, and ``b_over_a``, the median of each round's ratio.
 """
 
 from __future__ import annotations

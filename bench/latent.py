@@ -101,6 +101,16 @@ def main() -> None:
     print(json.dumps(results, indent=2))
 
 
+def test_split(cfg):
+    """The test split of ``cfg.data``; a generated task's train split is not made (it takes seconds)."""
+    import dataclasses
+
+    from rl_latent.data.build import load_splits
+
+    arith = cfg.data.task == "arith"
+    return load_splits(dataclasses.replace(cfg.data, n_train=0) if arith else cfg.data)["test"]
+
+
 def measure(
     model_dir: str, cfg, latency_problems: int, lam: float | None = None, exit_at: int | None = None
 ) -> tuple[dict, dict]:
@@ -108,12 +118,10 @@ def measure(
     System-1.5 model with this exit threshold; ``exit_at``: with every position exiting at this layer)."""
     import torch
 
-    from rl_latent.data.build import load_splits
     from rl_latent.evaluate import evaluate
     from rl_latent.model import LatentReasoner
 
-    cfg.data.n_train = 0 if cfg.data.task == "arith" else cfg.data.n_train
-    test = load_splits(cfg.data)["test"]
+    test = test_split(cfg)
     model = LatentReasoner.from_pretrained(model_dir)
     if lam is not None:
         model.latent_extra["shortcut"]["lam"] = lam

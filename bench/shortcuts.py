@@ -25,7 +25,6 @@ one JSON object and writes ``accuracy_vs_compute.png`` into ``--out``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import os
@@ -146,14 +145,12 @@ def depth_bound(model_dir: str, scfg) -> dict:
     (always run in full) and the critical ones (``trainers.shortcut.criticality``, from the step DAG). Every
     position runs all L blocks, so ``1 - deep / positions`` is the largest saving exits can give while the
     deep positions run in full, even if every other position ran no block at all."""
-    from rl_latent.data.build import load_splits
     from rl_latent.evaluate import evaluate
     from rl_latent.model import LatentReasoner
     from rollouts.sampler import latent_settings
     from trainers.shortcut import criticality
 
-    arith = scfg.data.task == "arith"  # its train split is not needed (generating it takes seconds)
-    test = load_splits(dataclasses.replace(scfg.data, n_train=0) if arith else scfg.data)["test"]
+    test = bench_latent.test_split(scfg)
     model = LatentReasoner.from_pretrained(model_dir)
     res = evaluate(model, test, batch_size=scfg.eval.batch_size, max_new_tokens=scfg.eval.max_new_tokens,
                    progress=False)  # fmt: skip
@@ -175,12 +172,10 @@ def latency_alternated(model_dirs: dict[str, str], best: str, cfg, args) -> dict
     Each method's own ``latency_b1_ms`` times it alone, minutes from the others."""
     import statistics
 
-    from rl_latent.data.build import load_splits
     from rl_latent.model import LatentReasoner
 
     scfg = stage_config(cfg, "cot_sft")
-    arith = scfg.data.task == "arith"  # its train split is not needed (generating it takes seconds)
-    test = load_splits(dataclasses.replace(scfg.data, n_train=0) if arith else scfg.data)["test"]
+    test = bench_latent.test_split(scfg)
     models = {"cot_sft": LatentReasoner.from_pretrained(model_dirs["cot_sft"]),
               best: LatentReasoner.from_pretrained(model_dirs["system15"])}  # fmt: skip
     models[best].latent_extra["shortcut"]["lam"] = float(best.split("@")[1])
